@@ -1,0 +1,3 @@
+"""The appliance's inference service."""
+
+__version__ = "0.1.0"
