@@ -62,7 +62,7 @@ R_HASH_MISMATCH = "hash_mismatch"
 R_UNEXPECTED_FILE = "unexpected_file"
 R_BAD_METADATA = "malformed_metadata"
 R_LOAD_FAILED = "load_failed"
-R_NOT_A_DIRECTORY = "not_a_directory"
+R_NOT_A_DIRECTORY = "missing_directory"
 
 
 def is_valid_version(version: str) -> bool:

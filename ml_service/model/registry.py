@@ -177,7 +177,11 @@ class ModelRegistry:
         active = self._active
         infos: list[ModelVersionInfo] = []
         trusted = self._trusted_keys()
-        for version in self._list_versions():
+        listed = self._list_versions()
+        if active is not None and active.version not in listed:
+            # Served from memory although its directory vanished: still show it.
+            listed = sorted([*listed, active.version], key=version_sort_key, reverse=True)
+        for version in listed:
             if active is not None and version == active.version:
                 md = active.metadata
                 infos.append(

@@ -35,7 +35,7 @@ class ValidationThresholds:
     min_class_ratio: float = 0.5  # smallest class / largest class
     robust_z: float = 3.5
     max_outlier_fraction: float = 0.05
-    isolation_score: float = 0.70  # IsolationForest anomaly score above which a row is flagged
+    isolation_score: float = 0.62  # IsolationForest anomaly score above which a row is flagged
     max_isolation_fraction: float = 0.05
     random_state: int = 0
 

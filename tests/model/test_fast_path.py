@@ -1,0 +1,140 @@
+"""The numpy forest gives scikit-learn's classes and probabilities (within 1e-6)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    GradientBoostingClassifier,
+    RandomForestClassifier,
+)
+from sklearn.linear_model import LogisticRegression
+from sklearn.tree import DecisionTreeClassifier
+
+from ml_service.model import ModelRegistry
+from ml_service.model.artifact import canonical_json, write_artifact
+from ml_service.model.fast_forest import FastForest, UnsupportedModel
+from ml_service.model.signing import load_private_key
+from ml_service.model.testing import SigningKeys
+
+TOL = 1e-6
+IRIS_X, IRIS_Y = load_iris(return_X_y=True)
+LOW, HIGH = IRIS_X.min(axis=0), IRIS_X.max(axis=0)
+
+
+def random_in_range(n: int = 10_000, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(LOW, HIGH, size=(n, 4))
+
+
+def assert_equivalent(reference, fast_predict) -> None:
+    for X in (IRIS_X, random_in_range()):
+        expected = reference.predict_proba(X)
+        got = fast_predict(X)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= TOL
+        np.testing.assert_array_equal(got.argmax(axis=1), expected.argmax(axis=1))
+    # The single-row path is a different code path: check it row by row on Iris.
+    singles = np.vstack([fast_predict(IRIS_X[i : i + 1]) for i in range(len(IRIS_X))])
+    assert np.abs(singles - reference.predict_proba(IRIS_X)).max() <= TOL
+
+
+ESTIMATORS = {
+    "forest-100": lambda: RandomForestClassifier(n_estimators=100, random_state=0),
+    "forest-shallow": lambda: RandomForestClassifier(n_estimators=30, max_depth=3, random_state=1),
+    "forest-leafy": lambda: RandomForestClassifier(
+        n_estimators=20, min_samples_leaf=5, bootstrap=False, random_state=2
+    ),
+    "extra-trees": lambda: ExtraTreesClassifier(n_estimators=50, random_state=3),
+    "single-tree": lambda: DecisionTreeClassifier(random_state=4),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ESTIMATORS))
+def test_fast_forest_matches_sklearn(kind: str) -> None:
+    model = ESTIMATORS[kind]().fit(IRIS_X, IRIS_Y)
+    assert_equivalent(model, FastForest(model).predict_proba)
+
+
+def test_string_labels_and_thresholds_at_ties() -> None:
+    names = np.array(["setosa", "versicolor", "virginica"])[IRIS_Y]
+    model = RandomForestClassifier(n_estimators=25, random_state=5).fit(IRIS_X, names)
+    fast = FastForest(model)
+    # Values exactly at split thresholds exercise the float32 "x <= t" rule.
+    thresholds = np.unique(np.concatenate([e.tree_.threshold for e in model.estimators_]))
+    thresholds = thresholds[thresholds > 0]
+    X = np.tile(np.median(IRIS_X, axis=0), (len(thresholds), 1))
+    for j in range(4):
+        X[:, j] = thresholds
+        assert np.abs(fast.predict_proba(X) - model.predict_proba(X)).max() <= TOL
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [LogisticRegression(max_iter=500), GradientBoostingClassifier(n_estimators=5)],
+    ids=["logistic", "gradient-boosting"],
+)
+def test_unsupported_models_are_rejected_by_the_fast_path(estimator) -> None:
+    estimator.fit(IRIS_X, IRIS_Y)
+    with pytest.raises(UnsupportedModel):
+        FastForest(estimator)
+
+
+def test_registry_model_uses_fast_path_and_matches(
+    model_dir: Path, trusted_dir: Path, versions: list[str]
+) -> None:
+    model = ModelRegistry(model_dir, "iris", trusted_dir).load()
+    assert model.backend == "numpy-forest"
+    assert_equivalent(model.estimator, model.predict_proba)
+
+
+def test_non_finite_rows_fall_back_to_sklearn(
+    model_dir: Path, trusted_dir: Path, versions: list[str]
+) -> None:
+    model = ModelRegistry(model_dir, "iris", trusted_dir).load()
+    X = np.array([[5.1, np.nan, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
+    np.testing.assert_array_equal(model.predict_proba(X), model.estimator.predict_proba(X))
+
+
+def _sign_custom_model(model_dir: Path, keys: SigningKeys, estimator, version: str) -> None:
+    src = sorted((model_dir / "iris").iterdir())[0]
+    md = json.loads((src / "metadata.json").read_text())
+    md["version"] = version
+    md["model_type"] = type(estimator).__name__
+    buf = io.BytesIO()
+    joblib.dump(estimator, buf)
+    write_artifact(
+        model_dir,
+        "iris",
+        {"model.joblib": buf.getvalue(), "metadata.json": canonical_json(md)},
+        load_private_key(keys.private_key),
+        version=version,
+    )
+
+
+def test_unsupported_model_type_serves_through_sklearn(
+    model_dir: Path, trusted_dir: Path, versions: list[str], session_keys: SigningKeys
+) -> None:
+    estimator = LogisticRegression(max_iter=500).fit(IRIS_X, IRIS_Y)
+    _sign_custom_model(model_dir, session_keys, estimator, "20300101T000000Z")
+    model = ModelRegistry(model_dir, "iris", trusted_dir).activate("20300101T000000Z")
+    assert model.backend == "sklearn"
+    np.testing.assert_array_equal(model.predict_proba(IRIS_X), estimator.predict_proba(IRIS_X))
+
+
+def test_self_check_disables_a_wrong_fast_path() -> None:
+    from ml_service.model.loaded import _self_checked
+
+    model = RandomForestClassifier(n_estimators=10, random_state=0).fit(IRIS_X, IRIS_Y)
+    broken = FastForest(model)
+    broken.leaf_value = broken.leaf_value[:, ::-1].copy()  # classes in the wrong order
+    md = {"feature_names": ["a", "b", "c", "d"], "feature_stats": {}}
+    assert _self_checked(broken, model, md, "iris", "v") is None
+    good = FastForest(model)
+    assert _self_checked(good, model, md, "iris", "v") is good
