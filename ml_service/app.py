@@ -1,0 +1,56 @@
+"""The FastAPI application factory (``uvicorn --factory ml_service.app:create_app``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from . import __version__, errors, metrics
+from .middleware import ServiceMiddleware
+from .routes_auth import router as auth_router
+from .routes_ops import router as ops_router
+from .routes_predict import build_router
+from .services import Services
+from .settings import Settings, load_settings
+
+log = logging.getLogger("ml_service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    services = Services(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await services.start()
+        log.info("worker %d ready", os.getpid())
+        try:
+            yield
+        finally:
+            await services.stop()
+            metrics.mark_process_dead(os.getpid())
+
+    app = FastAPI(
+        title="ML inference API",
+        version=__version__,
+        description=(
+            "Authenticated, rate-limited, audited inference for the appliance's model. "
+            "Get a token with POST /token, send it as `Authorization: Bearer <token>`."
+        ),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.services = services
+    errors.install(app)
+    app.include_router(auth_router)
+    app.include_router(build_router(services.models))
+    app.include_router(ops_router)
+    app.add_middleware(
+        ServiceMiddleware, max_body_bytes=settings.max_body_bytes, audit=services.audit
+    )
+    return app

@@ -1,0 +1,166 @@
+"""Hash-chained JSON audit log, shared by all workers, safe across logrotate.
+
+Each line is one JSON object with ``seq`` (position in the chain), ``prev``
+(the previous record's hash) and ``hash`` = SHA-256 of the record's canonical
+JSON without ``hash`` (sorted keys, compact separators). Editing, deleting or
+reordering a line breaks the chain from that point on.
+
+Several worker processes append to the same file. The chain head (last seq and
+hash) lives in ``<audit>.head``; a writer takes an exclusive ``flock`` on that
+file, reads the head, appends its line, and writes the new head, so records are
+totally ordered and the chain continues across a rotation (logrotate ``create``
+mode: the file is renamed, the next write notices the new inode and opens a
+fresh file whose first record points at the last record of the rotated one).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+GENESIS = "0" * 64
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class AuditLog:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._head_path = path.with_name(path.name + ".head")
+        self._head_fd = os.open(self._head_path, os.O_RDWR | os.O_CREAT, 0o640)
+        self._fd = -1
+        self._ino = -1
+        # flock does not order threads of one process (the model loader writes from a thread).
+        self._thread_lock = threading.Lock()
+        self._open()
+
+    def _open(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._ino = os.fstat(self._fd).st_ino
+
+    def _reopen_if_rotated(self) -> None:
+        try:
+            ino = os.stat(self._path).st_ino
+        except FileNotFoundError:
+            ino = -1
+        if ino != self._ino:
+            self._open()
+
+    def _read_head(self) -> tuple[int, str]:
+        raw = os.pread(self._head_fd, 256, 0)
+        try:
+            seq_text, prev = raw.decode().split()
+            return int(seq_text), prev
+        except ValueError:
+            return -1, GENESIS
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self._thread_lock:
+            self._write_locked(record)
+
+    def _write_locked(self, record: dict[str, Any]) -> None:
+        fcntl.flock(self._head_fd, fcntl.LOCK_EX)
+        try:
+            self._reopen_if_rotated()
+            seq, prev = self._read_head()
+            record["seq"] = seq + 1
+            record["prev"] = prev
+            digest = record_hash(record)
+            record["hash"] = digest
+            os.write(self._fd, orjson.dumps(record, option=orjson.OPT_SORT_KEYS) + b"\n")
+            head = f"{seq + 1} {digest}".encode().ljust(100)
+            os.pwrite(self._head_fd, head, 0)
+        finally:
+            fcntl.flock(self._head_fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        for fd in (self._fd, self._head_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._head_fd = -1
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    records: int
+    message: str
+    first_seq: int | None = None
+    last_hash: str | None = None
+
+
+def verify_lines(
+    lines: Iterable[bytes], prev_hash: str | None = None, prev_seq: int | None = None
+) -> VerifyResult:
+    """Check a chain. Without ``prev_hash`` the first record must start the chain (seq 0,
+    prev = genesis) or is accepted as the continuation of a rotated file."""
+    count = 0
+    first_seq = None
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            return VerifyResult(False, count, f"line {lineno}: empty line")
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            return VerifyResult(False, count, f"line {lineno}: not JSON")
+        if not isinstance(record, dict) or not {"seq", "prev", "hash"} <= record.keys():
+            return VerifyResult(False, count, f"line {lineno}: not an audit record")
+        if record_hash(record) != record["hash"]:
+            return VerifyResult(
+                False, count, f"line {lineno}: content does not match its hash (edited)"
+            )
+        if prev_hash is None:
+            first_seq = record["seq"]
+            if record["seq"] == 0 and record["prev"] != GENESIS:
+                return VerifyResult(False, count, f"line {lineno}: seq 0 must start from genesis")
+        else:
+            if record["prev"] != prev_hash or record["seq"] != (prev_seq or 0) + 1:
+                return VerifyResult(
+                    False,
+                    count,
+                    f"line {lineno}: breaks the chain (expected seq {(prev_seq or 0) + 1} after "
+                    f"{prev_hash[:12]}…, found seq {record['seq']}): a record was removed, "
+                    "reordered or inserted",
+                )
+        prev_hash, prev_seq = record["hash"], record["seq"]
+        count += 1
+    return VerifyResult(True, count, "ok", first_seq, prev_hash)
+
+
+def verify_files(paths: list[Path]) -> VerifyResult:
+    """Verify one file, or several in chronological order (oldest first) as one chain."""
+    prev_hash: str | None = None
+    prev_seq: int | None = None
+    total = 0
+    first_seq = None
+    for path in paths:
+        with path.open("rb") as fh:
+            result = verify_lines(fh, prev_hash, prev_seq)
+        if not result.ok:
+            return VerifyResult(False, total + result.records, f"{path}: {result.message}")
+        if first_seq is None:
+            first_seq = result.first_seq
+        total += result.records
+        if result.last_hash is not None:
+            prev_hash = result.last_hash
+            with path.open("rb") as fh:
+                last = fh.readlines()[-1]
+            prev_seq = json.loads(last)["seq"]
+    note = ""
+    if first_seq not in (None, 0):
+        note = f" (chain starts at seq {first_seq}: continuation of a rotated file)"
+    return VerifyResult(True, total, f"ok: {total} records{note}", first_seq, prev_hash)

@@ -1,0 +1,127 @@
+"""Bearer authentication, role permissions and the per-request rate limit."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from . import metrics
+from .errors import ApiError
+from .settings import EndpointClass
+from .tokens import TokenError
+
+if TYPE_CHECKING:
+    from .services import Services
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "admin": frozenset(
+        {"predict", "model:read", "metrics:read", "feedback:write", "models:admin", "users:admin"}
+    ),
+    "predictor": frozenset({"predict", "model:read", "feedback:write"}),
+    "viewer": frozenset({"model:read", "metrics:read"}),
+}
+
+SCRAPER = "prometheus-scrape"
+_bearer = HTTPBearer(auto_error=False, description="Access token from POST /token")
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="ml-api"'}
+
+
+@dataclass(slots=True)
+class Principal:
+    name: str
+    role: str
+    jti: str
+    exp: int
+
+
+def unauthorized(reason: str, message: str = "missing or invalid access token") -> ApiError:
+    metrics.AUTH_FAILURES.labels(reason).inc()
+    return ApiError(401, message, headers=_CHALLENGE)
+
+
+def require(
+    permission: str | None, endpoint_class: EndpointClass | None, *, scrape_token_ok: bool = False
+):  # type: ignore[no-untyped-def]
+    """A dependency: authenticated principal with ``permission``, one rate-limit hit of
+    ``endpoint_class`` (both optional)."""
+
+    async def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        services: Services = request.app.state.services
+        info = request.scope["ml"]
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise unauthorized("missing")
+        token = credentials.credentials
+        scrape = services.settings.metrics_token
+        if (
+            scrape_token_ok
+            and scrape is not None
+            and hmac.compare_digest(token.encode(), scrape.encode())
+        ):
+            info.user, info.role = SCRAPER, "scraper"
+            return Principal(SCRAPER, "scraper", "", 0)
+        try:
+            claims = services.tokens.verify(token)
+        except TokenError as exc:
+            info.detail = exc.reason
+            raise unauthorized(exc.reason) from None
+        user = services.users.get(claims.sub)
+        if user is None:
+            info.detail = "unknown_user"
+            raise unauthorized("unknown_user")
+        if user.role != claims.role or claims.iat < user.tokens_valid_after:
+            info.detail = "stale_token"
+            raise unauthorized("stale_token")
+        info.user, info.role = claims.sub, claims.role
+        if permission is not None and permission not in PERMISSIONS[claims.role]:
+            metrics.AUTH_FAILURES.labels("forbidden").inc()
+            info.detail = f"missing permission {permission}"
+            raise ApiError(
+                403,
+                f"role '{claims.role}' lacks the permission '{permission}'",
+                missing_permission=permission,
+            )
+        if endpoint_class is not None:
+            redis = services.redis
+            if endpoint_class == "admin" and not redis.up:
+                raise ApiError(
+                    503,
+                    "rate-limit store unavailable; admin calls are suspended",
+                    headers={"Retry-After": "5"},
+                )
+            limit = services.settings.limit_for(claims.sub, claims.role, endpoint_class)
+            decision = await redis.authorize(claims.sub, endpoint_class, claims.jti, limit)
+            if decision.revoked:
+                info.detail = "revoked"
+                raise unauthorized("revoked")
+            if decision.degraded and endpoint_class == "admin":
+                raise ApiError(
+                    503,
+                    "rate-limit store unavailable; admin calls are suspended",
+                    headers={"Retry-After": "5"},
+                )
+            info.ratelimit = (
+                decision.limit,
+                decision.remaining,
+                decision.reset,
+                limit.period_seconds,
+            )
+            if not decision.allowed:
+                metrics.RATE_LIMITED.labels(endpoint_class).inc()
+                info.detail = f"rate limited ({endpoint_class})"
+                raise ApiError(
+                    429,
+                    f"rate limit for '{endpoint_class}' exceeded",
+                    headers={"Retry-After": str(decision.retry_after)},
+                )
+        elif claims.jti in services.redis.local_revoked:
+            raise unauthorized("revoked")
+        return Principal(claims.sub, claims.role, claims.jti, claims.exp)
+
+    return Depends(dependency)

@@ -1,0 +1,38 @@
+"""OpenAPI response documentation shared by the routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .schemas import ErrorResponse
+
+_DESCRIPTIONS = {
+    401: "Missing, invalid, expired or revoked credentials",
+    403: "The role lacks the permission named in the error",
+    404: "Unknown resource",
+    409: "The request conflicts with the model registry's state",
+    413: "Request body too large",
+    422: "The request is not valid",
+    429: "Rate limit or login throttle; retry after Retry-After seconds",
+    503: "A dependency (model, Redis) is unavailable",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {"model": ErrorResponse, "description": _DESCRIPTIONS[code]}
+        if code == 429:
+            entry["headers"] = {
+                "Retry-After": {
+                    "description": "seconds to wait",
+                    "schema": {"type": "integer"},
+                    "required": True,
+                }
+            }
+        responses[code] = entry
+    return responses
+
+
+# Every authenticated, rate-limited route can answer these.
+AUTHED = (401, 403, 413, 422, 429, 503)

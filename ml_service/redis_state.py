@@ -1,0 +1,297 @@
+"""Everything the service keeps in Redis, each operation one round trip.
+
+* rate limits (GCRA) and the revoked-token check in one Lua script per request;
+* failed-login counters per user name and per client IP;
+* the ``jti`` denylist (sorted set scored by token expiry);
+* request id -> predicted classes for ``POST /feedback`` (any worker can take the feedback).
+
+Outage handling: the first failing call marks Redis down; from then on no request
+waits on Redis (callers fall back or answer 503 at once) and a background probe
+pings it every ``redis_probe_seconds`` until it answers, then marks it up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from . import metrics
+from .settings import Limit, Settings
+
+log = logging.getLogger("ml_service.redis")
+
+_AUTHORIZE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if ARGV[1] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  return {-1, 0, 0, 0}
+end
+local interval = tonumber(ARGV[2])
+local period = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - period
+if allow_at > now then
+  return {0, string.format('%d', allow_at - now), 0, string.format('%d', tat - now)}
+end
+local ttl_ms = math.ceil((new_tat - now) / 1000) + 1
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl_ms)
+return {1, 0, math.floor((period - (new_tat - now)) / interval), string.format('%d', new_tat - now)}
+"""
+
+_LOGIN_CHECK_LUA = """
+local u = tonumber(redis.call('GET', KEYS[1]) or '0')
+local i = tonumber(redis.call('GET', KEYS[2]) or '0')
+local wait = 0
+if u >= tonumber(ARGV[1]) then wait = math.max(wait, redis.call('PTTL', KEYS[1])) end
+if i >= tonumber(ARGV[2]) then wait = math.max(wait, redis.call('PTTL', KEYS[2])) end
+return wait
+"""
+
+_LOGIN_FAIL_LUA = """
+for _, k in ipairs(KEYS) do
+  if redis.call('INCR', k) == 1 then redis.call('PEXPIRE', k, ARGV[1]) end
+end
+return 1
+"""
+
+_REVOKE_LUA = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+return 1
+"""
+
+_FEEDBACK_LUA = """
+local predicted = redis.call('HGET', KEYS[1], ARGV[1])
+if not predicted then return {-1, 0, ''} end
+local label = tonumber(ARGV[2])
+if label < 0 or label >= tonumber(ARGV[3]) then return {-2, 0, ''} end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local correct = 0
+if predicted == ARGV[2] then correct = 1 end
+return {tonumber(predicted), correct, redis.call('HGET', KEYS[1], 'v') or ''}
+"""
+
+
+class RedisUnavailable(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    revoked: bool
+    limit: int
+    remaining: int
+    retry_after: int
+    reset: int
+    degraded: bool = False
+
+
+class LocalLimiter:
+    """Per-process GCRA used while Redis is down (each worker enforces it separately)."""
+
+    def __init__(self) -> None:
+        self._tat: dict[tuple[str, str], float] = {}
+
+    def hit(self, key: tuple[str, str], limit: Limit) -> Decision:
+        now = time.monotonic()
+        interval = limit.period_seconds / limit.limit
+        tat = max(self._tat.get(key, now), now)
+        new_tat = tat + interval
+        allow_at = new_tat - limit.period_seconds
+        if allow_at > now:
+            return Decision(
+                False,
+                False,
+                limit.limit,
+                0,
+                max(1, math.ceil(allow_at - now)),
+                math.ceil(tat - now),
+                True,
+            )
+        self._tat[key] = new_tat
+        if len(self._tat) > 100_000:
+            self._tat = {k: v for k, v in self._tat.items() if v > now}
+        remaining = int((limit.period_seconds - (new_tat - now)) / interval)
+        return Decision(True, False, limit.limit, remaining, 0, math.ceil(new_tat - now), True)
+
+
+class RedisState:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        timeout = settings.redis_timeout_seconds
+        self.client = aioredis.Redis.from_url(
+            settings.redis_url,
+            password=settings.redis_password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            retry=None,
+            health_check_interval=0,
+            decode_responses=False,
+        )
+        p = settings.key_prefix
+        self._rl = f"{p}:rl:"
+        self._revoked = f"{p}:revoked"
+        self._fail_user = f"{p}:loginfail:user:"
+        self._fail_ip = f"{p}:loginfail:ip:"
+        self._pred = f"{p}:pred:"
+        self._authorize = self.client.register_script(_AUTHORIZE_LUA)
+        self._login_check = self.client.register_script(_LOGIN_CHECK_LUA)
+        self._login_fail = self.client.register_script(_LOGIN_FAIL_LUA)
+        self._revoke = self.client.register_script(_REVOKE_LUA)
+        self._feedback = self.client.register_script(_FEEDBACK_LUA)
+        self.up = False
+        self.local_limiter = LocalLimiter()
+        self.local_revoked: dict[str, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ----- health -----
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self.up:
+            log.error("redis unreachable, degraded mode: %s", exc.__class__.__name__)
+        self.up = False
+        metrics.REDIS_UP.set(0)
+
+    def _mark_up(self) -> None:
+        if not self.up:
+            log.warning("redis reachable, normal mode")
+        self.up = True
+        metrics.REDIS_UP.set(1)
+
+    async def probe(self) -> bool:
+        try:
+            await self.client.ping()
+            await self._sync_revoked()
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._mark_down(exc)
+            return False
+        self._mark_up()
+        return True
+
+    async def _sync_revoked(self) -> None:
+        # A local copy of the denylist keeps revocations effective through an outage.
+        now = time.time()
+        members = await self.client.zrangebyscore(self._revoked, now, "+inf", withscores=True)
+        self.local_revoked = {m.decode(): s for m, s in members}
+
+    async def probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.redis_probe_seconds)
+            await self.probe()
+
+    async def _call(self, coro):  # type: ignore[no-untyped-def]
+        if not self.up:
+            coro.close()
+            raise RedisUnavailable
+        try:
+            return await coro
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._mark_down(exc)
+            raise RedisUnavailable from exc
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # ----- requests -----
+
+    async def authorize(self, user: str, endpoint_class: str, jti: str, limit: Limit) -> Decision:
+        """Denylist check + one rate-limit hit, atomically; falls back to the local limiter."""
+        interval_us = max(1, round(limit.period_seconds * 1_000_000 / limit.limit))
+        period_us = interval_us * limit.limit
+        try:
+            allowed, retry_us, remaining, reset_us = await self._call(
+                self._authorize(
+                    keys=[f"{self._rl}{user}:{endpoint_class}", self._revoked],
+                    args=[jti, interval_us, period_us],
+                )
+            )
+        except RedisUnavailable:
+            if jti in self.local_revoked:
+                return Decision(False, True, limit.limit, 0, 0, 0, True)
+            scaled = Limit(
+                limit=max(1, int(limit.limit * self._settings.fallback_limit_factor)),
+                period_seconds=limit.period_seconds,
+            )
+            return self.local_limiter.hit((user, endpoint_class), scaled)
+        allowed = int(allowed)
+        if allowed == -1:
+            return Decision(False, True, limit.limit, 0, 0, 0)
+        return Decision(
+            allowed == 1,
+            False,
+            limit.limit,
+            int(remaining),
+            max(1, math.ceil(int(retry_us) / 1_000_000)) if allowed == 0 else 0,
+            math.ceil(int(reset_us) / 1_000_000),
+        )
+
+    async def login_wait_ms(self, username: str, ip: str) -> int:
+        s = self._settings
+        return int(
+            await self._call(
+                self._login_check(
+                    keys=[self._fail_user + username, self._fail_ip + ip],
+                    args=[s.login_max_failures_per_user, s.login_max_failures_per_ip],
+                )
+            )
+        )
+
+    async def login_failed(self, username: str, ip: str) -> None:
+        await self._call(
+            self._login_fail(
+                keys=[self._fail_user + username, self._fail_ip + ip],
+                args=[self._settings.login_failure_window_seconds * 1000],
+            )
+        )
+
+    async def login_succeeded(self, username: str) -> None:
+        await self._call(self.client.delete(self._fail_user + username))
+
+    async def revoke(self, jti: str, exp: int) -> None:
+        await self._call(self._revoke(keys=[self._revoked], args=[jti, exp, time.time()]))
+        self.local_revoked[jti] = exp
+
+    def remember_prediction(self, request_id: str, classes: list[int], version: str) -> None:
+        """Fire and forget: the response does not wait for this write."""
+        if not self.up:
+            return
+        task = asyncio.get_running_loop().create_task(self._remember(request_id, classes, version))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _remember(self, request_id: str, classes: list[int], version: str) -> None:
+        key = self._pred + request_id
+        mapping: dict[str, str | int] = {str(i): c for i, c in enumerate(classes)}
+        mapping["v"] = version
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, self._settings.feedback_ttl_seconds)
+        with contextlib.suppress(RedisUnavailable):
+            await self._call(pipe.execute())
+
+    async def feedback(
+        self, request_id: str, instance: int, label: int, n_classes: int
+    ) -> tuple[int, bool, str]:
+        """Consume the stored prediction: (predicted class, correct, model version). Predicted
+        is -1 when it is unknown, expired or already rated, -2 when the label is not a class."""
+        predicted, correct, version = await self._call(
+            self._feedback(
+                keys=[self._pred + request_id], args=[str(instance), str(label), n_classes]
+            )
+        )
+        return (
+            int(predicted),
+            bool(correct),
+            version.decode() if isinstance(version, bytes) else str(version),
+        )

@@ -1,0 +1,95 @@
+"""POST /token and POST /token/revoke."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+import orjson
+from fastapi import APIRouter, Form, Request
+from starlette.responses import Response
+
+from . import metrics
+from .auth import Principal, require, unauthorized
+from .errors import ApiError
+from .openapi import errors
+from .redis_state import RedisUnavailable
+from .schemas import RevokeResponse, TokenResponse
+from .services import Services
+
+router = APIRouter(tags=["auth"])
+
+_UNAVAILABLE = "the token service is temporarily unavailable"
+
+
+def _json(data: object) -> Response:
+    return Response(orjson.dumps(data), media_type="application/json")
+
+
+@router.post(
+    "/token",
+    response_model=TokenResponse,
+    responses=errors(401, 422, 429, 503),
+    summary="Exchange user name and password for a short-lived access token",
+)
+async def token(
+    request: Request,
+    username: Annotated[str, Form(min_length=1, max_length=64)],
+    password: Annotated[str, Form(min_length=1, max_length=1024)],
+) -> Response:
+    services: Services = request.app.state.services
+    info = request.scope["ml"]
+    info.user = username
+    client = request.scope.get("client")
+    ip = client[0] if client else "unknown"
+    redis = services.redis
+    if not redis.up:
+        raise ApiError(503, _UNAVAILABLE, headers={"Retry-After": "5"})
+    try:
+        wait_ms = await redis.login_wait_ms(username, ip)
+        if wait_ms > 0:
+            metrics.AUTH_FAILURES.labels("throttled").inc()
+            info.detail = "login throttled"
+            raise ApiError(
+                429,
+                "too many failed logins; try again later",
+                headers={"Retry-After": str(max(1, -(-wait_ms // 1000)))},
+            )
+        user = await anyio.to_thread.run_sync(
+            services.users.authenticate, username, password, limiter=services.hash_limiter
+        )
+        if user is None:
+            await redis.login_failed(username, ip)
+            info.detail = "bad credentials"
+            raise unauthorized("bad_credentials", "invalid user name or password")
+        await redis.login_succeeded(username)
+    except RedisUnavailable:
+        raise ApiError(503, _UNAVAILABLE, headers={"Retry-After": "5"}) from None
+    access_token, claims = services.tokens.issue(user.name, user.role)
+    info.role = user.role
+    return _json(
+        {
+            "access_token": access_token,
+            "token_type": "bearer",
+            "expires_in": claims.exp - claims.iat,
+        }
+    )
+
+
+@router.post(
+    "/token/revoke",
+    response_model=RevokeResponse,
+    responses=errors(401, 503),
+    summary="Revoke the presented access token (logout)",
+)
+async def revoke(
+    request: Request, principal: Annotated[Principal, require(None, None)]
+) -> Response:
+    services: Services = request.app.state.services
+    try:
+        await services.redis.revoke(
+            principal.jti, principal.exp + services.settings.jwt_leeway_seconds
+        )
+    except RedisUnavailable:
+        raise ApiError(503, _UNAVAILABLE, headers={"Retry-After": "5"}) from None
+    return _json({"revoked": True})

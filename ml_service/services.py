@@ -1,0 +1,104 @@
+"""The per-worker service objects and their background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+
+import anyio
+
+from . import metrics
+from .audit import AuditLog
+from .model import ModelIntegrityError, ModelRegistry, NoModelError, PredictionMonitor
+from .redis_state import RedisState
+from .schemas import RequestModels
+from .settings import Settings
+from .tokens import TokenService
+from .users import UserStore, make_hasher
+
+log = logging.getLogger("ml_service")
+
+# argon2 with 64 MiB per hash: a bound on concurrent hashes is a bound on memory.
+_MAX_CONCURRENT_HASHES = 4
+
+
+class Services:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tokens = TokenService(settings)
+        self.users = UserStore(settings.users_file, make_hasher(settings))
+        self.audit = AuditLog(settings.audit_log)
+        self.redis = RedisState(settings)
+        self.models = RequestModels(settings)
+        self.registry = ModelRegistry(
+            settings.model_dir,
+            settings.model_name,
+            settings.trusted_keys_dir,
+            on_integrity_failure=self._integrity_failure,
+        )
+        self.monitor = PredictionMonitor(feedback_window=settings.feedback_window)
+        self.hash_limiter = anyio.CapacityLimiter(_MAX_CONCURRENT_HASHES)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _integrity_failure(self, version: str, reason: str) -> None:
+        log.error("model version %s refused: %s", version, reason)
+        self.audit.write(
+            {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "request_id": None,
+                "user": None,
+                "role": None,
+                "client_ip": None,
+                "action": "model.integrity_check",
+                "outcome": "refused",
+                "status": None,
+                "model_version": version,
+                "latency_ms": None,
+                "detail": reason,
+            }
+        )
+
+    def publish_model(self) -> None:
+        model = self.registry.active
+        if model is not None:
+            metrics.set_model_info(model.name, model.version, model.sha256)
+
+    async def start(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.registry.load)
+        except (NoModelError, ModelIntegrityError) as exc:
+            log.error("no model to serve yet: %s", exc)
+        self.publish_model()
+        await self.redis.probe()
+        self._tasks = [
+            asyncio.create_task(self.redis.probe_forever()),
+            asyncio.create_task(self._refresh_models_forever()),
+        ]
+
+    async def _refresh_models_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.model_refresh_seconds)
+            started = time.monotonic()
+            try:
+                if self.registry.active is None:
+                    await anyio.to_thread.run_sync(self.registry.load)
+                else:
+                    await anyio.to_thread.run_sync(self.registry.refresh)
+            except (NoModelError, ModelIntegrityError) as exc:
+                log.debug("model refresh: %s", exc)
+            except Exception:
+                log.exception("model refresh failed")
+            self.publish_model()
+            log.debug("model refresh took %.1f ms", (time.monotonic() - started) * 1000)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.redis.close()
+        self.audit.close()

@@ -1,0 +1,228 @@
+"""Real processes for the service tests and the benchmark: redis-server, the API under uvicorn."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+PASSWORDS = {
+    "alice-admin": "correct horse battery admin",
+    "paul-predictor": "correct horse battery predictor",
+    "vera-viewer": "correct horse battery viewer",
+}
+ROLES = {"alice-admin": "admin", "paul-predictor": "predictor", "vera-viewer": "viewer"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@dataclass
+class RedisServer:
+    directory: Path
+    password: str
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        conf = self.directory / "redis.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\nrequirepass {self.password}\n"
+            'save ""\nappendonly no\nprotected-mode yes\n'
+        )
+        self.proc = subprocess.Popen(
+            ["redis-server", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.port), "--no-auth-warning", "-a", self.password, *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout
+
+
+def write_secret(path: Path, value: str) -> Path:
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def python() -> str:
+    return sys.executable
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [python(), "-m", "ml_service", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+        timeout=60,
+    )
+
+
+@dataclass
+class Deployment:
+    """Files of one service instance: keys, users, model, audit log, secrets."""
+
+    root: Path
+    redis: RedisServer
+    model_dir: Path
+    trusted_keys_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.jwt_dir = self.root / "jwt"
+        if not self.jwt_dir.exists():
+            result = run_cli("keys", "generate", str(self.jwt_dir))
+            assert result.returncode == 0, result.stderr
+        self.signing_key = next(self.jwt_dir.glob("*.key"))
+        self.users_file = self.root / "users.json"
+        self.audit_log = self.root / "log" / "audit.log"
+        self.audit_log.parent.mkdir(exist_ok=True)
+        self.redis_password_file = write_secret(self.root / "redis-password", self.redis.password)
+        self.metrics_token = secrets.token_urlsafe(32)
+        self.metrics_token_file = write_secret(self.root / "metrics-token", self.metrics_token)
+
+    def env(self) -> dict[str, str]:
+        env = {
+            "ML_SERVICE_MODEL_DIR": str(self.model_dir),
+            "ML_SERVICE_TRUSTED_KEYS_DIR": str(self.trusted_keys_dir),
+            "ML_SERVICE_USERS_FILE": str(self.users_file),
+            "ML_SERVICE_JWT_SIGNING_KEY_FILE": str(self.signing_key),
+            "ML_SERVICE_JWT_VERIFY_KEYS_DIR": str(self.jwt_dir),
+            "ML_SERVICE_REDIS_URL": f"redis://127.0.0.1:{self.redis.port}/0",
+            "ML_SERVICE_REDIS_PASSWORD_FILE": str(self.redis_password_file),
+            "ML_SERVICE_METRICS_TOKEN_FILE": str(self.metrics_token_file),
+            "ML_SERVICE_AUDIT_LOG": str(self.audit_log),
+            "ML_SERVICE_MODEL_REFRESH_SECONDS": "1",
+            "ML_SERVICE_REDIS_PROBE_SECONDS": "0.5",
+        }
+        env.update(self.extra_env)
+        return env
+
+    def add_user(self, name: str, role: str, password: str) -> None:
+        result = run_cli(
+            "users",
+            "--file",
+            str(self.users_file),
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-stdin",
+            stdin=password + "\n",
+        )
+        assert result.returncode == 0, result.stderr
+
+
+@dataclass
+class Server:
+    deployment: Deployment
+    workers: int = 1
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        env = {
+            **os.environ,
+            **self.deployment.env(),
+            "ML_SERVICE_PORT": str(self.port),
+            "ML_SERVICE_WORKERS": str(self.workers),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.deployment.root / f"metrics-{self.port}"),
+        }
+        self.log_path = self.deployment.root / f"server-{self.port}.log"
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [python(), "-m", "ml_service", "serve"],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"server exited {self.proc.returncode}: {self.log_path.read_text()[-3000:]}"
+                )
+            try:
+                r = httpx.get(self.url + "/health/ready", timeout=1)
+                if r.status_code == 200:
+                    # every worker must be up: uvicorn starts them in parallel
+                    time.sleep(0.3 * self.workers)
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def token(self, user: str, password: str | None = None) -> str:
+        r = httpx.post(
+            self.url + "/token",
+            data={"username": user, "password": password or PASSWORDS[user]},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        return str(r.json()["access_token"])
+
+
+def copy_models(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
