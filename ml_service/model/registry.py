@@ -56,13 +56,21 @@ class ModelRegistry:
         on_integrity_failure: IntegrityCallback | None = None,
         *,
         reverify_interval: float = 60.0,
-        allow_fast: bool = True,
+        allow_fast: bool | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.name = name
         self.trusted_keys_dir = Path(trusted_keys_dir)
         self.on_integrity_failure = on_integrity_failure
         self.reverify_interval = reverify_interval
+        if allow_fast is None:
+            # Kill switch for operators (and the before/after benchmark): ML_MODEL_FAST_PATH=0.
+            allow_fast = os.environ.get("ML_MODEL_FAST_PATH", "1").strip().lower() not in (
+                "0",
+                "false",
+                "no",
+                "off",
+            )
         self.allow_fast = allow_fast
         self._lock = threading.RLock()
         self._active: LoadedModel | None = None
