@@ -126,7 +126,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from .audit import verify_files
 
     try:
-        result = verify_files([Path(p) for p in args.files])
+        result = verify_files([Path(p) for p in args.files], allow_continuation=args.continuation)
     except OSError as exc:
         return _fail(f"{exc.filename}: {exc.strerror}", 2)
     print(result.message)
@@ -170,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="verify the hash chain (files oldest first)")
     verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument(
+        "--continuation",
+        action="store_true",
+        help="accept a first record after seq 0 (a rotated file checked without the older ones)",
+    )
     verify.set_defaults(func=cmd_audit_verify)
 
     keys = sub.add_parser("keys", help="JWT signing keys")

@@ -141,13 +141,28 @@ def verify_lines(
     return VerifyResult(True, count, "ok", first_seq, prev_hash)
 
 
-def verify_files(paths: list[Path]) -> VerifyResult:
-    """Verify one file, or several in chronological order (oldest first) as one chain."""
+def _head_of(path: Path) -> tuple[int, str] | None:
+    head = path.with_name(path.name + ".head")
+    try:
+        seq_text, digest = head.read_text().split()
+        return int(seq_text), digest
+    except (OSError, ValueError):
+        return None
+
+
+def verify_files(paths: list[Path], allow_continuation: bool = False) -> VerifyResult:
+    """Verify one file, or several in chronological order (oldest first) as one chain.
+
+    The first record must start the chain (seq 0) unless ``allow_continuation`` (a
+    rotated file checked on its own). For the live file, the ``.head`` file written
+    with every record also reveals lines cut from the end.
+    """
     prev_hash: str | None = None
     prev_seq: int | None = None
     total = 0
     first_seq = None
     for path in paths:
+        head = _head_of(path)  # read before the file: a concurrent writer only adds lines
         with path.open("rb") as fh:
             result = verify_lines(fh, prev_hash, prev_seq)
         if not result.ok:
@@ -160,6 +175,20 @@ def verify_files(paths: list[Path]) -> VerifyResult:
             with path.open("rb") as fh:
                 last = fh.readlines()[-1]
             prev_seq = json.loads(last)["seq"]
+        if head is not None and prev_seq is not None and head[0] >= prev_seq:
+            if head[0] > prev_seq or head[1] != prev_hash:
+                return VerifyResult(
+                    False,
+                    total,
+                    f"{path}: ends at seq {prev_seq} but the head file says {head[0]} (lines removed at the end)",
+                )
+    if first_seq not in (None, 0) and not allow_continuation:
+        return VerifyResult(
+            False,
+            total,
+            f"chain starts at seq {first_seq}, not 0: the first lines were removed "
+            "(for a rotated file checked alone, pass --continuation or give the older files first)",
+        )
     note = ""
     if first_seq not in (None, 0):
         note = f" (chain starts at seq {first_seq}: continuation of a rotated file)"

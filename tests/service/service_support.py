@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -12,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -22,6 +24,15 @@ PASSWORDS = {
     "vera-viewer": "correct horse battery viewer",
 }
 ROLES = {"alice-admin": "admin", "paul-predictor": "predictor", "vera-viewer": "viewer"}
+# Users with tiny per-user limits (rate-limiter tests).
+LIMITED_USERS = ("limited-a", "limited-b")
+LIMITED_PASSWORD = "limited user password 123"
+LIMIT = 5
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def free_port() -> int:
@@ -226,3 +237,19 @@ class Server:
 def copy_models(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def limited_overrides() -> str:
+    limit = {"limit": LIMIT, "period_seconds": 3600}
+    return json.dumps({u: {"predict": limit} for u in LIMITED_USERS})
+
+
+def make_deployment(
+    root: Path, redis: RedisServer, trained: Path, keys: Any, extra: dict[str, str] | None = None
+) -> Deployment:
+    d = Deployment(
+        root, redis, copy_models(trained, root / "models"), keys.trusted_dir, dict(extra or {})
+    )
+    for user, password in PASSWORDS.items():
+        d.add_user(user, ROLES[user], password)
+    return d
