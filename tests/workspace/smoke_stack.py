@@ -23,6 +23,7 @@ from ml_service.model.testing import make_keys, make_signed_model
 
 REPO = Path(__file__).resolve().parents[2]
 USER, PASSWORD = "smoke-test", "smoke test password 0123456789"
+ADMIN, ADMIN_PASSWORD = "smoke-admin", "smoke admin password 0123456789"
 
 
 def free_port() -> int:
@@ -134,8 +135,12 @@ class Stack:
         *,
         tls: bool = True,
         n_estimators: int = 10,
+        n_versions: int = 1,
+        workers: int = 1,
         extra_env: dict[str, str] | None = None,
     ) -> None:
+        self.n_versions = n_versions
+        self.workers = workers
         self.root = root
         self.tls = tls
         self.n_estimators = n_estimators
@@ -167,12 +172,21 @@ class Stack:
         )
         self.popen(["redis-server", str(conf)], dict(os.environ), "redis", self.redis_port)
         keys = make_keys(self.root / "model-keys")
-        make_signed_model(self.root / "models", keys, n_estimators=self.n_estimators)
+        self.versions = [
+            make_signed_model(
+                self.root / "models", keys, n_estimators=self.n_estimators, random_state=i
+            ).name
+            for i in range(self.n_versions)
+        ]
         ml_service_cli("keys", "generate", str(self.root / "jwt"))
         users = self.root / "users.json"
         ml_service_cli(
             "users", "--file", str(users), "add", USER, "--role", "predictor",
             "--password-stdin", stdin=PASSWORD + "\n",
+        )  # fmt: skip
+        ml_service_cli(
+            "users", "--file", str(users), "add", ADMIN, "--role", "admin",
+            "--password-stdin", stdin=ADMIN_PASSWORD + "\n",
         )  # fmt: skip
         secret = self.root / "redis-password"
         secret.write_text(self.redis_password + "\n")
@@ -195,6 +209,7 @@ class Stack:
             {
                 **self.env,
                 "ML_SERVICE_PORT": str(self.http_port),
+                "ML_SERVICE_WORKERS": str(self.workers),
                 "PROMETHEUS_MULTIPROC_DIR": str(self.root / "prom-http"),
             },
             "serve",
