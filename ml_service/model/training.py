@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,13 @@ def train(ds: Dataset, cfg: TrainConfig, progress: Progress = stderr_progress) -
     if not report.ok:
         raise DataValidationError(report)
 
+    complete = np.isfinite(ds.X).all(axis=1) & np.array([bool(label) for label in ds.y])
+    if not complete.all():
+        # Only reachable when the thresholds tolerate some missing values.
+        progress(f"dropping {int((~complete).sum())} incomplete row(s) before training")
+        ds = replace(
+            ds, X=ds.X[complete], y=[lb for lb, ok in zip(ds.y, complete, strict=True) if ok]
+        )
     class_names = sorted(set(ds.y))
     y = np.array([class_names.index(label) for label in ds.y])
     X = ds.X

@@ -245,6 +245,11 @@ def validate(ds: Dataset, th: ValidationThresholds | None = None) -> ValidationR
         from sklearn.ensemble import IsolationForest
 
         Xf = Xc[np.isfinite(Xc).all(axis=1)]
+        if len(Xf) < 3:
+            checks.append(
+                CheckResult("outliers (IsolationForest)", FAIL, "fewer than 3 usable rows")
+            )
+            return ValidationReport(rows=n, checks=checks)
         iso = IsolationForest(n_estimators=200, random_state=th.random_state).fit(Xf)
         scores = -iso.score_samples(Xf)
         iso_flagged = scores > th.isolation_score

@@ -179,3 +179,16 @@ def test_fold_variance_gate() -> None:
     cfg = TrainConfig(n_estimators=10, cv_folds=3, max_cv_std=0.0001)
     with pytest.raises(QualityGateError, match="std"):
         train(load_iris_dataset(), cfg, progress=lambda m: None)
+
+
+def test_tolerated_missing_values_are_dropped_before_training(tmp_path: Path) -> None:
+    ds = load_iris_dataset()
+    ds.X[[5, 60, 120], 1] = np.nan
+    cfg = TrainConfig(n_estimators=10, cv_folds=3)
+    cfg.thresholds.max_missing_fraction = 0.05
+    result = train(ds, cfg, progress=lambda m: None)
+    assert result.dataset.n_rows == 147
+    from ml_service.model.validation import feature_statistics
+
+    stats = feature_statistics(result.dataset.X, result.dataset.feature_names)
+    assert stats["sepal_width"]["count"] == 147
