@@ -22,7 +22,7 @@ except ModuleNotFoundError:  # running from a checkout without the package insta
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ml_service.model.dataset import IRIS_FEATURES, SchemaError
-from ml_service.model.signing import generate_keypair
+from ml_service.model.signing import generate_keypair, load_private_key
 from ml_service.model.training import (
     DataValidationError,
     QualityGateError,
@@ -260,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
             f"error: signing key {args.signing_key} not found (create one with keygen)",
             file=sys.stderr,
         )
+        return EXIT_ERROR
+    try:
+        load_private_key(args.signing_key)  # fail before minutes of training, not after
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"error: unusable signing key {args.signing_key}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     try:
         result = train(dataset, cfg, stderr_progress)
