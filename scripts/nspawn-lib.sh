@@ -66,7 +66,12 @@ machine_leader() {
   pgrep -P "$pid" -x systemd | head -n1 || true
 }
 
+# The NAT table is shared by all machines: create and remove it under a lock.
+nat_lock() { install -d "$APPLIANCE_CACHE"; exec 7>"$APPLIANCE_CACHE/.nat.lock"; flock 7; }
+nat_unlock() { exec 7>&-; }
+
 nat_up() {
+  nat_lock
   sysctl -q -w net.ipv4.ip_forward=1
   if ! nft list table ip "$APPLIANCE_NFT_TABLE" >/dev/null 2>&1; then
     nft -f - <<NFT
@@ -87,6 +92,7 @@ NFT
   if command -v iptables >/dev/null 2>&1; then
     iptables -P FORWARD ACCEPT 2>/dev/null || true
   fi
+  nat_unlock
 }
 
 running_machines() {
@@ -101,8 +107,10 @@ running_machines() {
 }
 
 nat_down_if_unused() {
+  nat_lock
   if [[ -z $(running_machines) ]] && nft list table ip "$APPLIANCE_NFT_TABLE" >/dev/null 2>&1; then
     nft delete table ip "$APPLIANCE_NFT_TABLE"
     log "removed nft table ip $APPLIANCE_NFT_TABLE (no machine left)"
   fi
+  nat_unlock
 }

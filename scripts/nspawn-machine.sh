@@ -101,13 +101,24 @@ cmd_create() {
   fi
   if other=$(subnet_in_use_by_other "$name" "$n"); then die "subnet $n is used by running machine $other"; fi
   start=$(date +%s%N)
-  base=$("$SCRIPTS_DIR/nspawn-base-image.sh")
   ensure_ssh_key
   install -d -m 0755 "$APPLIANCE_APT_ARCHIVES/partial"
   [[ -d $dir ]] && cmd_destroy "$name" >/dev/null
   install -d -m 0700 "$dir"
   root=$dir/rootfs
-  cp --reflink=auto -a "$base" "$root"
+  for i in 1 2 3; do
+    base=$("$SCRIPTS_DIR/nspawn-base-image.sh")
+    # Shared lock: a rebuild of the base image (exclusive lock) must not delete it under the copy.
+    if (
+      flock -s 8
+      [[ -f $(dirname "$base")/.complete ]] || exit 1
+      cp --reflink=auto -a "$base" "$root"
+    ) 8>"$APPLIANCE_CACHE/base/.lock"; then
+      break
+    fi
+    rm -rf --one-file-system "$root"
+    ((i < 3)) || die "base image vanished three times while copying it"
+  done
   printf '%s\n' "$n" >"$dir/subnet"
   configure_rootfs "$name" "$n" "$root"
 
