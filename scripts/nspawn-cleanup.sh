@@ -26,18 +26,11 @@ for name in "${names[@]}"; do
   [[ -n $name ]] && "$SCRIPTS_DIR/nspawn-machine.sh" destroy "$name"
 done
 
-if ((${#} == 0)); then
-  # Host sides of veths whose machine is gone carry our 10.213.N.1 addresses.
-  while read -r ifname; do
-    [[ -n $ifname ]] || continue
-    log "removing stray interface $ifname"
-    ip link delete "$ifname" || true
-  done < <(ip -o -4 addr show | awk -v p="$APPLIANCE_SUBNET_PREFIX." 'index($4, p) == 1 {print $2}' | cut -d@ -f1 | sort -u)
-fi
 nat_down_if_unused
 
 left=$( { pgrep -a -x systemd-nspawn | grep -F -- "$APPLIANCE_MACHINES/" || true; } )
 [[ -z $left ]] || log "still running: $left"
 log "machines dir: $(ls -A "$APPLIANCE_MACHINES" 2>/dev/null | tr '\n' ' ')"
+# A veth's host side dies with the machine's network namespace: any left belongs to a live machine.
 log "veths: $(ip -br link | awk '/^ve-/ {print $1}' | tr '\n' ' ')"
 log "nft tables: $(nft list tables 2>/dev/null | tr '\n' ' ')"

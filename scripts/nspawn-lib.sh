@@ -5,7 +5,7 @@ APPLIANCE_CACHE=${APPLIANCE_CACHE:-/var/cache/appliance-molecule}
 APPLIANCE_MACHINES=${APPLIANCE_MACHINES:-/var/lib/appliance-molecule/machines}
 APPLIANCE_SUITE=${APPLIANCE_SUITE:-trixie}
 APPLIANCE_SUBNET_PREFIX=10.213
-APPLIANCE_NFT_TABLE=molecule_nat
+APPLIANCE_NFT_TABLE=${APPLIANCE_NFT_TABLE:-molecule_nat}
 APPLIANCE_SSH_KEY=$APPLIANCE_CACHE/ssh/id_ed25519
 APPLIANCE_APT_ARCHIVES=$APPLIANCE_CACHE/apt-archives
 SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -88,9 +88,11 @@ table ip $APPLIANCE_NFT_TABLE {
 }
 NFT
   fi
-  # Docker leaves the iptables FORWARD policy at DROP; an accept in our own table cannot override it.
-  if command -v iptables >/dev/null 2>&1; then
-    iptables -P FORWARD ACCEPT 2>/dev/null || true
+  # Docker leaves the iptables FORWARD policy at DROP; an accept in our own table cannot override
+  # it. Only then touch iptables: with iptables-nft, setting a policy creates a `table ip filter`.
+  if command -v iptables >/dev/null 2>&1 && iptables -S FORWARD 2>/dev/null | grep -qx -- '-P FORWARD DROP'; then
+    iptables -P FORWARD ACCEPT
+    log "iptables FORWARD policy was DROP, set to ACCEPT"
   fi
   nat_unlock
 }
