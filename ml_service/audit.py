@@ -175,13 +175,14 @@ def verify_files(paths: list[Path], allow_continuation: bool = False) -> VerifyR
             with path.open("rb") as fh:
                 last = fh.readlines()[-1]
             prev_seq = json.loads(last)["seq"]
-        if head is not None and prev_seq is not None and head[0] >= prev_seq:
-            if head[0] > prev_seq or head[1] != prev_hash:
-                return VerifyResult(
-                    False,
-                    total,
-                    f"{path}: ends at seq {prev_seq} but the head file says {head[0]} (lines removed at the end)",
-                )
+        cut = head is not None and prev_seq is not None and head[0] >= prev_seq
+        if cut and (head[0] > prev_seq or head[1] != prev_hash):  # type: ignore[index,operator]
+            return VerifyResult(
+                False,
+                total,
+                f"{path}: ends at seq {prev_seq} but the head file says {head[0]} "  # type: ignore[index]
+                "(lines removed at the end)",
+            )
     if first_seq not in (None, 0) and not allow_continuation:
         return VerifyResult(
             False,

@@ -7,6 +7,7 @@ from typing import Any
 from .schemas import ErrorResponse
 
 _DESCRIPTIONS = {
+    400: "The body could not be read (e.g. not UTF-8)",
     401: "Missing, invalid, expired or revoked credentials",
     403: "The role lacks the permission named in the error",
     404: "Unknown resource",
@@ -35,4 +36,4 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # Every authenticated, rate-limited route can answer these.
-AUTHED = (401, 403, 413, 422, 429, 503)
+AUTHED = (400, 401, 403, 413, 422, 429, 503)

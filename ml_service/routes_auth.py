@@ -29,7 +29,7 @@ def _json(data: object) -> Response:
 @router.post(
     "/token",
     response_model=TokenResponse,
-    responses=errors(401, 422, 429, 503),
+    responses=errors(400, 401, 413, 422, 429, 503),
     summary="Exchange user name and password for a short-lived access token",
 )
 async def token(

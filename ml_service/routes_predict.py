@@ -143,7 +143,7 @@ def build_router(models: RequestModels) -> APIRouter:
         "/feedback",
         tags=["predict"],
         response_model=FeedbackResponse,
-        responses=errors(*AUTHED, 404),
+        responses=errors(*AUTHED, 404, 409),
         summary="Report the true class of an earlier prediction (rolling accuracy)",
     )
     async def feedback(
@@ -180,7 +180,8 @@ def build_router(models: RequestModels) -> APIRouter:
                 "(unknown, expired or already rated)",
             )
         if predicted == -2:
-            raise ApiError(422, "true_class is not a class of the model")
+            # 409: the body is well-formed; it conflicts with the classes of the served model.
+            raise ApiError(409, "true_class is not a class of the model")
         accuracy = services.monitor.observe_feedback(version or model.version, correct)
         return _json(
             {

@@ -5,11 +5,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from .settings import Settings
 
 _STRICT = ConfigDict(extra="forbid")
+
+
+def _integral(value: Any) -> Any:
+    # JSON says 3.0 is an integer; pydantic's strict int does not. Booleans and strings stay out.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _int(lo: int, hi: int) -> Any:
+    return Annotated[int, Field(strict=True, ge=lo, le=hi), BeforeValidator(_integral)]
 
 
 def _feature(lo: float, hi: float) -> Any:
@@ -44,7 +55,7 @@ class RequestModels:
             __config__=_STRICT,
             name=(Annotated[str, Field(min_length=1, max_length=64)], ...),
             shape=(
-                tuple[Annotated[int, Field(strict=True, ge=1, le=n)], Literal[4]],
+                tuple[_int(1, n), Literal[4]],
                 Field(description="[rows, 4]; must agree with data"),
             ),
             datatype=(Literal["FP64", "FP32"], ...),
@@ -78,9 +89,9 @@ class FeedbackRequest(BaseModel):
     request_id: Annotated[
         str, Field(pattern=r"^[0-9a-f]{32}$", description="request id of the prediction")
     ]
-    instance: Annotated[int, Field(strict=True, ge=0, le=10_000)] = 0
+    instance: _int(0, 10_000) = 0  # type: ignore[valid-type]
     true_class: (
-        Annotated[int, Field(strict=True, ge=0, le=1000)]
+        _int(0, 1000)  # type: ignore[valid-type]
         | Annotated[str, Field(min_length=1, max_length=64)]
     )
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 from service_support import (
-    LIMITED_PASSWORD,
-    LIMITED_USERS,
     ROLES,
     Deployment,
     RedisServer,
@@ -70,8 +68,6 @@ def deployment(
             "ML_SERVICE_LOGIN_MAX_FAILURES_PER_IP": "20",
         },
     )
-    for user in LIMITED_USERS:
-        d.add_user(user, "predictor", LIMITED_PASSWORD)
     return d
 
 

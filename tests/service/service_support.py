@@ -244,12 +244,41 @@ def limited_overrides() -> str:
     return json.dumps({u: {"predict": limit} for u in LIMITED_USERS})
 
 
+_users_template: Path | None = None
+
+
+def _users_file_template(directory: Path) -> Path:
+    """All test users, hashed once per session (argon2 is deliberately slow)."""
+    global _users_template
+    if _users_template is None or not _users_template.exists():
+        path = directory / "users-template.json"
+        users = [(u, ROLES[u], p) for u, p in PASSWORDS.items()]
+        users += [(u, "predictor", LIMITED_PASSWORD) for u in LIMITED_USERS]
+        for name, role, password in users:
+            r = run_cli(
+                "users",
+                "--file",
+                str(path),
+                "add",
+                name,
+                "--role",
+                role,
+                "--password-stdin",
+                stdin=password + "\n",
+            )
+            assert r.returncode == 0, r.stderr
+        _users_template = path
+    return _users_template
+
+
 def make_deployment(
     root: Path, redis: RedisServer, trained: Path, keys: Any, extra: dict[str, str] | None = None
 ) -> Deployment:
+    """A deployment with its own copy of the models and the users admin, predictor, viewer
+    and the rate-limited predictors."""
     d = Deployment(
         root, redis, copy_models(trained, root / "models"), keys.trusted_dir, dict(extra or {})
     )
-    for user, password in PASSWORDS.items():
-        d.add_user(user, ROLES[user], password)
+    shutil.copy(_users_file_template(root.parent), d.users_file)
+    d.users_file.chmod(0o600)
     return d

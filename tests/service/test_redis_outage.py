@@ -39,8 +39,6 @@ def outage(
         model_keys,
         {"ML_SERVICE_USER_RATE_LIMITS": limited_overrides()},
     )
-    for user in LIMITED_USERS:
-        d.add_user(user, "predictor", LIMITED_PASSWORD)
     server = Server(d, workers=2)
     server.start()
     yield server, redis

@@ -105,7 +105,7 @@ def test_v2_infer_validation(client: httpx.Client, tokens: dict[str, str]) -> No
     assert out["probabilities"]["shape"] == [2, 3] and len(out["predicted_class"]["data"]) == 2
     assert infer({**ok, "data": [ROW, ROW]}).status_code == 200
     assert infer({**ok, "shape": [3, 4]}).status_code == 422  # disagrees with data
-    assert infer({**ok, "data": ROW + [1.0]}).status_code == 422
+    assert infer({**ok, "data": [*ROW, 1.0]}).status_code == 422
     assert infer({**ok, "datatype": "BYTES"}).status_code == 422
     assert infer({**ok, "data": [*ROW[:3], True, *ROW]}).status_code == 422
     r = client.post("/v2/models/other/infer", json={"inputs": [ok]}, headers=h)

@@ -1,0 +1,83 @@
+"""POST /token: no user enumeration, throttling per user name and per client IP."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import httpx
+from service_support import PASSWORDS, Deployment, Server
+
+
+def login(server: Server, user: str, password: str, ip: str) -> httpx.Response:
+    # The test server trusts X-Forwarded-For from 127.0.0.1 (as it would trust Traefik).
+    return httpx.post(
+        server.url + "/token",
+        data={"username": user, "password": password},
+        headers={"X-Forwarded-For": ip},
+        timeout=10,
+    )
+
+
+def _shape(r: httpx.Response) -> tuple[int, dict, list[str]]:
+    body = r.json()
+    body["error"].pop("request_id")
+    return (
+        r.status_code,
+        body,
+        sorted(k for k in r.headers if k not in ("date", "x-request-id", "content-length")),
+    )
+
+
+def test_unknown_user_and_wrong_password_look_the_same(server: Server) -> None:
+    unknown, wrong = [], []
+    t_unknown, t_wrong = [], []
+    for i in range(4):
+        t0 = time.perf_counter()
+        unknown.append(login(server, f"nobody-{i}", "whatever password", "198.51.100.1"))
+        t_unknown.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        wrong.append(login(server, "vera-viewer", f"wrong password {i}", "198.51.100.2"))
+        t_wrong.append(time.perf_counter() - t0)
+    shapes = {str(_shape(r)) for r in unknown + wrong}
+    assert len(shapes) == 1, shapes
+    assert unknown[0].status_code == 401
+    assert unknown[0].json()["error"]["message"] == "invalid user name or password"
+    # Both paths pay for one argon2 verification (a dummy hash for unknown users).
+    ratio = statistics.median(t_unknown) / statistics.median(t_wrong)
+    assert 0.5 < ratio < 2.0, (t_unknown, t_wrong)
+    # clear the failure counter of the real user
+    assert login(server, "vera-viewer", PASSWORDS["vera-viewer"], "198.51.100.2").status_code == 200
+
+
+def test_throttled_per_user_name(server: Server, deployment: Deployment) -> None:
+    deployment.add_user("victim", "viewer", "the victims password")
+    time.sleep(1.2)
+    for i in range(5):  # ML_SERVICE_LOGIN_MAX_FAILURES_PER_USER defaults to 5
+        assert login(server, "victim", f"guess {i}", f"192.0.2.{i + 10}").status_code == 401
+    r = login(
+        server, "victim", "the victims password", "192.0.2.99"
+    )  # even the right one, from anywhere
+    assert r.status_code == 429
+    assert int(r.headers["retry-after"]) > 800
+    assert r.json()["error"]["code"] == "rate_limited"
+    # other users are not affected
+    assert login(server, "vera-viewer", PASSWORDS["vera-viewer"], "192.0.2.99").status_code == 200
+
+
+def test_throttled_per_client_ip(server: Server) -> None:
+    ip = "203.0.113.77"
+    for i in range(20):  # the test deployment sets 20 failures per IP
+        assert login(server, f"spray-{i}", "password123456", ip).status_code == 401
+    assert login(server, "paul-predictor", PASSWORDS["paul-predictor"], ip).status_code == 429
+    assert (
+        login(server, "paul-predictor", PASSWORDS["paul-predictor"], "203.0.113.78").status_code
+        == 200
+    )
+
+
+def test_token_form_validation(server: Server) -> None:
+    r = httpx.post(server.url + "/token", data={"username": "x"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
+    r = httpx.post(server.url + "/token", json={"username": "x", "password": "y"})
+    assert r.status_code == 422
