@@ -11,7 +11,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_GALAXY_DISABLE_GPG_VERIFY := 1
 
 SCENARIOS = $(sort $(filter-out shared,$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))))
-PLAYBOOKS = $(wildcard site.yml) $(wildcard playbooks/*.yml)
+PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
 PY_DIRS = $(wildcard ml_service workspace tests molecule scripts)
 
 .PHONY: help venv test lint yamllint ansible-lint ruff syntax unit molecule scenario base-image clean-machines
@@ -34,7 +34,9 @@ venv:
 
 test: lint unit molecule
 
-lint: yamllint ansible-lint ruff syntax
+# -k: every linter runs even when an earlier one fails, so one run shows all findings.
+lint:
+	@$(MAKE) --no-print-directory -k yamllint ansible-lint ruff syntax
 
 yamllint:
 	yamllint --strict .

@@ -166,6 +166,17 @@ nspawn_pids_of() {
   return 0
 }
 
+# wait_gone SECONDS PID...: true once none of the processes exists any more.
+wait_gone() {
+  local seconds=$1 p i; shift
+  for ((i = 0; i < seconds * 10; i++)); do
+    for p in "$@"; do kill -0 "$p" 2>/dev/null && break; p=; done
+    [[ -z ${p:-} ]] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
 cmd_destroy() {
   local name=$1 dir pids leaders p i hostif
   validate_name "$name"
@@ -174,20 +185,14 @@ cmd_destroy() {
   pids=$(nspawn_pids_of "$name")
   if [[ -n $pids ]]; then
     leaders=$(for p in $pids; do pgrep -P "$p" || true; done)
-    # SIGTERM asks nspawn for an orderly poweroff of the container.
+    # First SIGTERM: orderly poweroff. The machine is thrown away, so it gets a few seconds only
+    # (a lingering user manager can hold the poweroff for 2 minutes); the second SIGTERM makes
+    # nspawn terminate the container at once and clean up after itself.
     kill -TERM $pids 2>/dev/null || true
-    for i in $(seq 1 100); do
-      for p in $pids; do kill -0 "$p" 2>/dev/null && break; p=; done
-      [[ -z ${p:-} ]] && break
-      sleep 0.2
-    done
-    # Killing the namespace's PID 1 kills everything inside it.
+    wait_gone 5 $pids || { kill -TERM $pids 2>/dev/null || true; wait_gone 10 $pids; } || true
+    # Last resort. Killing the namespace's PID 1 kills everything inside it.
     kill -KILL $pids $leaders 2>/dev/null || true
-    for i in $(seq 1 50); do
-      for p in $pids $leaders; do kill -0 "$p" 2>/dev/null && break; p=; done
-      [[ -z ${p:-} ]] && break
-      sleep 0.1
-    done
+    wait_gone 5 $pids $leaders || die "processes of $name survive SIGKILL: $pids $leaders"
   fi
   hostif=$(cat "$dir/host-interface" 2>/dev/null || true)
   if [[ -n $hostif ]] && ip link show "$hostif" >/dev/null 2>&1; then ip link delete "$hostif" || true; fi
@@ -197,6 +202,8 @@ cmd_destroy() {
     findmnt -rn -o TARGET | grep -F "$dir/" | sort -r | xargs -r -n1 umount -l || true
     rm -rf --one-file-system "$dir"
   fi
+  # nspawn leaves this (empty) directory behind.
+  rmdir "/run/systemd/nspawn/propagate/$name" 2>/dev/null || true
   nat_down_if_unused
   log "$name destroyed"
 }
