@@ -44,7 +44,7 @@ def dev(address: str, ca_file: Path, path: str, *args: str) -> tuple[str, str]:
         capture_output=True, text=True, timeout=40, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    head, _, body = result.stdout.partition("\r\n\r\n")
+    head, _, body = result.stdout.replace("\r\n", "\n").partition("\n\n")
     return head, body
 
 
@@ -52,7 +52,7 @@ def podman(host, *args: str) -> str:
     uid = host.user(SERVICE_USER).uid
     with host.sudo(SERVICE_USER):
         return host.check_output(
-            "cd /tmp && XDG_RUNTIME_DIR=/run/user/%s podman %s", uid, " ".join(args)
+            f"cd /tmp && XDG_RUNTIME_DIR=/run/user/{uid} podman " + " ".join(args)
         )
 
 
