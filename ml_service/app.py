@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
 from . import __version__, errors, metrics
 from .middleware import ServiceMiddleware
@@ -53,4 +55,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         ServiceMiddleware, max_body_bytes=settings.max_body_bytes, audit=services.audit
     )
+    _declare_bearer_auth(app)
     return app
+
+
+def _declare_bearer_auth(app: FastAPI) -> None:
+    """Mark every route that depends on ``auth.require`` as needing a bearer token."""
+    secured = set()
+    for route in app.routes:
+        if isinstance(route, APIRoute) and any(
+            getattr(dep.call, "__ml_auth__", False) for dep in route.dependant.dependencies
+        ):
+            secured.update((route.path, method.lower()) for method in route.methods)
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            components = schema.setdefault("components", {})
+            components["securitySchemes"] = {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "Access token from POST /token (or the Prometheus scrape token)",
+                }
+            }
+            for path, methods in schema.get("paths", {}).items():
+                for method, operation in methods.items():
+                    if (path, method) in secured:
+                        operation["security"] = [{"bearerAuth": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

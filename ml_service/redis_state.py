@@ -81,6 +81,14 @@ return {tonumber(predicted), correct, redis.call('HGET', KEYS[1], 'v') or ''}
 """
 
 
+_REMEMBER_LUA = """
+redis.call('HSET', KEYS[1], 'v', ARGV[2])
+for i = 3, #ARGV do redis.call('HSET', KEYS[1], tostring(i - 3), ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 class RedisUnavailable(Exception):
     pass
 
@@ -150,6 +158,7 @@ class RedisState:
         self._login_fail = self.client.register_script(_LOGIN_FAIL_LUA)
         self._revoke = self.client.register_script(_REVOKE_LUA)
         self._feedback = self.client.register_script(_FEEDBACK_LUA)
+        self._remember_script = self.client.register_script(_REMEMBER_LUA)
         self.up = False
         self.local_limiter = LocalLimiter()
         self.local_revoked: dict[str, float] = {}
@@ -271,14 +280,9 @@ class RedisState:
         task.add_done_callback(self._background.discard)
 
     async def _remember(self, request_id: str, classes: list[int], version: str) -> None:
-        key = self._pred + request_id
-        mapping: dict[str, str | int] = {str(i): c for i, c in enumerate(classes)}
-        mapping["v"] = version
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(key, mapping=mapping)
-        pipe.expire(key, self._settings.feedback_ttl_seconds)
+        args: list[str | int] = [self._settings.feedback_ttl_seconds, version, *classes]
         with contextlib.suppress(RedisUnavailable):
-            await self._call(pipe.execute())
+            await self._call(self._remember_script(keys=[self._pred + request_id], args=args))
 
     async def feedback(
         self, request_id: str, instance: int, label: int, n_classes: int

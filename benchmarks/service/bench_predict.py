@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Benchmark authenticated POST /predict: requests/s, p50, p99 at concurrency 1 and 32.
+
+Starts a throw-away redis-server and the API (1 uvicorn worker, loopback), trains and
+signs a 100-tree Iris model, creates a benchmark user whose rate limit is raised far
+above the load, and drives the API with wrk (Debian package ``wrk``) through a Lua
+script that adds the Authorization header. Everything stays on 127.0.0.1.
+
+    .venv/bin/python benchmarks/service/bench_predict.py [--duration 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "service"))
+
+from service_support import Deployment, RedisServer, Server  # noqa: E402
+
+from ml_service.model.testing import make_keys, make_signed_model  # noqa: E402
+
+BENCH_USER = "bench"
+BENCH_PASSWORD = "benchmark user password"
+BODY = json.dumps({"features": [5.1, 3.5, 1.4, 0.2]})
+
+
+def wrk_script(path: Path, token: str) -> Path:
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(BODY)}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+    )
+    return path
+
+
+def _ms(value: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", value)
+    assert m, value
+    n, unit = float(m.group(1)), m.group(2)
+    return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
+
+
+def run_wrk(url: str, script: Path, connections: int, duration: int) -> dict[str, float]:
+    threads = 1 if connections == 1 else 2
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(script),
+            url + "/predict",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {
+        "rps": rps,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
+        "socket_errors": 1.0 if errors else 0.0,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs per concurrency (median reported)"
+    )
+    parser.add_argument("--trees", type=int, default=100)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None or shutil.which("redis-server") is None:
+        print("needs the Debian packages wrk and redis-server", file=sys.stderr)
+        return 2
+
+    root = Path(tempfile.mkdtemp(prefix="ml-bench-"))
+    redis = RedisServer(root / "redis", secrets.token_urlsafe(24))
+    server = None
+    try:
+        keys = make_keys(root / "model-keys")
+        make_signed_model(root / "models", keys, n_estimators=args.trees)
+        redis.start()
+        limit = {"limit": 1_000_000, "period_seconds": 1}
+        d = Deployment(
+            root / "deployment",
+            redis,
+            root / "models",
+            keys.trusted_dir,
+            {"ML_SERVICE_USER_RATE_LIMITS": json.dumps({BENCH_USER: {"predict": limit}})},
+        )
+        d.add_user(BENCH_USER, "predictor", BENCH_PASSWORD)
+        server = Server(d, workers=1)
+        server.start()
+        token = server.token(BENCH_USER, BENCH_PASSWORD)
+        script = wrk_script(root / "predict.lua", token)
+        run_wrk(server.url, script, 32, 2)  # warm-up
+        results = {}
+        for connections in (1, 32):
+            runs = [
+                run_wrk(server.url, script, connections, args.duration) for _ in range(args.rounds)
+            ]
+            results[connections] = {
+                key: statistics.median(r[key] for r in runs) for key in runs[0]
+            } | {"runs": runs}
+        backend = (
+            server
+            and __import__("httpx")
+            .get(server.url + "/model/info", headers={"Authorization": f"Bearer {token}"})
+            .json()["backend"]
+        )
+        print(
+            f"\nauthenticated POST /predict, 1 uvicorn worker, loopback, wrk 4.1, {args.rounds}x{args.duration}s"
+        )
+        print(f"model: {args.trees} trees, backend {backend}")
+        print(f"{'concurrency':>11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+        for connections, r in results.items():
+            print(
+                f"{connections:>11} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['non_2xx']:>8.0f}"
+            )
+        print(
+            json.dumps(
+                {str(k): {x: y for x, y in v.items() if x != "runs"} for k, v in results.items()}
+            )
+        )
+    finally:
+        if server is not None:
+            server.stop()
+        redis.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
