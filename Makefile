@@ -14,12 +14,12 @@ SCENARIOS = $(sort $(filter-out shared,$(notdir $(patsubst %/molecule.yml,%,$(wi
 PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
 PY_DIRS = $(wildcard ml_service workspace tests molecule scripts)
 
-.PHONY: help venv test lint yamllint ansible-lint ruff syntax unit molecule scenario base-image clean-machines
+.PHONY: help venv test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines
 
 help:
 	@echo "make venv            create $(VENV) from requirements/dev.lock (hash-checked)"
 	@echo "make test            lint + unit + molecule (everything CI runs)"
-	@echo "make lint            yamllint, ansible-lint, ruff, playbook syntax checks"
+	@echo "make lint            yamllint, ansible-lint, ruff, shellcheck, playbook syntax checks"
 	@echo "make unit            pytest tests/"
 	@echo "make molecule        every scenario: $(SCENARIOS)"
 	@echo "make scenario S=NAME one scenario (molecule test -s NAME)"
@@ -36,7 +36,7 @@ test: lint unit molecule
 
 # -k: every linter runs even when an earlier one fails, so one run shows all findings.
 lint:
-	@$(MAKE) --no-print-directory -k yamllint ansible-lint ruff syntax
+	@$(MAKE) --no-print-directory -k yamllint ansible-lint ruff shellcheck syntax
 
 yamllint:
 	yamllint --strict .
@@ -47,6 +47,9 @@ ansible-lint:
 ruff:
 	ruff check $(PY_DIRS)
 	ruff format --check $(PY_DIRS)
+
+shellcheck:
+	shellcheck -x $(wildcard scripts/*.sh) .ci/run
 
 syntax:
 	@for pb in $(PLAYBOOKS); do \

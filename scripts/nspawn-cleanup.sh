@@ -30,7 +30,7 @@ nat_down_if_unused
 
 left=$( { pgrep -a -x systemd-nspawn | grep -F -- "$APPLIANCE_MACHINES/" || true; } )
 [[ -z $left ]] || log "still running: $left"
-log "machines dir: $(ls -A "$APPLIANCE_MACHINES" 2>/dev/null | tr '\n' ' ')"
+log "machines dir: $(find "$APPLIANCE_MACHINES" -mindepth 1 -maxdepth 1 -printf '%f ' 2>/dev/null)"
 # A veth's host side dies with the machine's network namespace: any left belongs to a live machine.
 log "veths: $(ip -br link | awk '/^ve-/ {print $1}' | tr '\n' ' ')"
 log "nft tables: $(nft list tables 2>/dev/null | tr '\n' ' ')"

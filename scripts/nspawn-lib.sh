@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # the settings are used by the scripts sourcing this file
 # Shared settings and helpers of the nspawn test platform; sourced, never run.
 
 APPLIANCE_CACHE=${APPLIANCE_CACHE:-/var/cache/appliance-molecule}

@@ -92,7 +92,7 @@ cmd_create() {
     binds+=("--bind=$bind")
   done
   validate_name "$name"
-  [[ $n =~ ^[0-9]+$ ]] && ((n >= 1 && n <= 254)) || die "subnet number must be 1..254, got '$n'"
+  if ! [[ $n =~ ^[0-9]+$ ]] || ((n < 1 || n > 254)); then die "subnet number must be 1..254, got '$n'"; fi
   require_root
   dir=$(machine_dir "$name")
   if [[ -n $(machine_pid "$name") ]]; then
@@ -178,21 +178,25 @@ wait_gone() {
 }
 
 cmd_destroy() {
-  local name=$1 dir pids leaders p i hostif
+  local name=$1 dir p hostif pids=() leaders=()
   validate_name "$name"
   require_root
   dir=$(machine_dir "$name")
-  pids=$(nspawn_pids_of "$name")
-  if [[ -n $pids ]]; then
-    leaders=$(for p in $pids; do pgrep -P "$p" || true; done)
+  mapfile -t pids < <(nspawn_pids_of "$name")
+  if ((${#pids[@]})); then
+    mapfile -t leaders < <(for p in "${pids[@]}"; do pgrep -P "$p" || true; done)
     # First SIGTERM: orderly poweroff. The machine is thrown away, so it gets a few seconds only
     # (a lingering user manager can hold the poweroff for 2 minutes); the second SIGTERM makes
     # nspawn terminate the container at once and clean up after itself.
-    kill -TERM $pids 2>/dev/null || true
-    wait_gone 5 $pids || { kill -TERM $pids 2>/dev/null || true; wait_gone 10 $pids; } || true
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    if ! wait_gone 5 "${pids[@]}"; then
+      kill -TERM "${pids[@]}" 2>/dev/null || true
+      wait_gone 10 "${pids[@]}" || true
+    fi
     # Last resort. Killing the namespace's PID 1 kills everything inside it.
-    kill -KILL $pids $leaders 2>/dev/null || true
-    wait_gone 5 $pids $leaders || die "processes of $name survive SIGKILL: $pids $leaders"
+    kill -KILL "${pids[@]}" "${leaders[@]}" 2>/dev/null || true
+    wait_gone 5 "${pids[@]}" "${leaders[@]}" \
+      || die "processes of $name survive SIGKILL: ${pids[*]} ${leaders[*]}"
   fi
   hostif=$(cat "$dir/host-interface" 2>/dev/null || true)
   if [[ -n $hostif ]] && ip link show "$hostif" >/dev/null 2>&1; then ip link delete "$hostif" || true; fi
