@@ -81,12 +81,20 @@ return {tonumber(predicted), correct, redis.call('HGET', KEYS[1], 'v') or ''}
 """
 
 
+# ARGV[1] = ttl; ARGV[i + 1] = "<model version> <class of row 0> <class of row 1> ..." for KEYS[i]
 _REMEMBER_LUA = """
-redis.call('HSET', KEYS[1], 'v', ARGV[2])
-for i = 3, #ARGV do redis.call('HSET', KEYS[1], tostring(i - 3), ARGV[i]) end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
+for i, key in ipairs(KEYS) do
+  local n = -1
+  for word in string.gmatch(ARGV[i + 1], '%S+') do
+    if n < 0 then redis.call('HSET', key, 'v', word)
+    else redis.call('HSET', key, tostring(n), word) end
+    n = n + 1
+  end
+  redis.call('EXPIRE', key, ARGV[1])
+end
+return #KEYS
 """
+_REMEMBER_DELAY = 0.01
 
 
 class RedisUnavailable(Exception):
@@ -163,6 +171,8 @@ class RedisState:
         self.local_limiter = LocalLimiter()
         self.local_revoked: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._pending: list[tuple[str, str, list[int]]] = []
+        self._flush_scheduled = False
 
     # ----- health -----
 
@@ -272,17 +282,32 @@ class RedisState:
         self.local_revoked[jti] = exp
 
     def remember_prediction(self, request_id: str, classes: list[int], version: str) -> None:
-        """Fire and forget: the response does not wait for this write."""
+        """Queue request id -> predicted classes for /feedback; the response does not wait.
+
+        Queued entries are written in batches (one script call per ``_REMEMBER_DELAY``),
+        so under load this costs far less than a round trip per prediction.
+        """
         if not self.up:
             return
-        task = asyncio.get_running_loop().create_task(self._remember(request_id, classes, version))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._pending.append((request_id, version, classes))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(_REMEMBER_DELAY, self._start_flush)
 
-    async def _remember(self, request_id: str, classes: list[int], version: str) -> None:
-        args: list[str | int] = [self._settings.feedback_ttl_seconds, version, *classes]
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._remember(batch))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _remember(self, batch: list[tuple[str, str, list[int]]]) -> None:
+        keys = [self._pred + request_id for request_id, _, _ in batch]
+        args: list[str | int] = [self._settings.feedback_ttl_seconds]
+        args += [f"{version} {' '.join(map(str, classes))}" for _, version, classes in batch]
         with contextlib.suppress(RedisUnavailable):
-            await self._call(self._remember_script(keys=[self._pred + request_id], args=args))
+            await self._call(self._remember_script(keys=keys, args=args))
 
     async def feedback(
         self, request_id: str, instance: int, label: int, n_classes: int

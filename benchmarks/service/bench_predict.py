@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import httpx
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "service"))
 
@@ -30,11 +32,12 @@ from service_support import Deployment, RedisServer, Server  # noqa: E402
 from ml_service.model.testing import make_keys, make_signed_model  # noqa: E402
 
 BENCH_USER = "bench"
-BENCH_PASSWORD = "benchmark user password"
+BENCH_PASSWORD = secrets.token_urlsafe(18)  # a throw-away user of a throw-away deployment
 BODY = json.dumps({"features": [5.1, 3.5, 1.4, 0.2]})
 
 
 def wrk_script(path: Path, token: str) -> Path:
+    """POST /predict with the bearer token (wrk's Lua API: wrk.method, wrk.body, wrk.headers)."""
     path.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = {json.dumps(BODY)}\n"
@@ -51,19 +54,15 @@ def _ms(value: str) -> float:
     return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
 
 
-def run_wrk(url: str, script: Path, connections: int, duration: int) -> dict[str, float]:
+def run_wrk(url: str, script: Path | None, connections: int, duration: int) -> dict[str, float]:
     threads = 1 if connections == 1 else 2
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if script is not None:
+        cmd += ["-s", str(script), url + "/predict"]
+    else:
+        cmd.append(url + "/health/live")  # reference: the cheapest route, same middleware
     out = subprocess.run(
-        [
-            "wrk",
-            f"-t{threads}",
-            f"-c{connections}",
-            f"-d{duration}s",
-            "--latency",
-            "-s",
-            str(script),
-            url + "/predict",
-        ],
+        cmd,
         capture_output=True,
         text=True,
         check=True,
@@ -117,34 +116,29 @@ def main() -> int:
         token = server.token(BENCH_USER, BENCH_PASSWORD)
         script = wrk_script(root / "predict.lua", token)
         run_wrk(server.url, script, 32, 2)  # warm-up
-        results = {}
-        for connections in (1, 32):
+        results: dict[str, dict[str, float]] = {}
+        for label, target, connections in (
+            ("predict c=1", script, 1),
+            ("predict c=32", script, 32),
+            ("health/live c=32", None, 32),
+        ):
             runs = [
-                run_wrk(server.url, script, connections, args.duration) for _ in range(args.rounds)
+                run_wrk(server.url, target, connections, args.duration) for _ in range(args.rounds)
             ]
-            results[connections] = {
-                key: statistics.median(r[key] for r in runs) for key in runs[0]
-            } | {"runs": runs}
-        backend = (
-            server
-            and __import__("httpx")
-            .get(server.url + "/model/info", headers={"Authorization": f"Bearer {token}"})
-            .json()["backend"]
-        )
+            results[label] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        info = httpx.get(server.url + "/model/info", headers={"Authorization": f"Bearer {token}"})
         print(
-            f"\nauthenticated POST /predict, 1 uvicorn worker, loopback, wrk 4.1, {args.rounds}x{args.duration}s"
+            f"\nPOST /predict with a bearer token, 1 uvicorn worker, loopback, wrk 4.1 "
+            f"(median of {args.rounds} x {args.duration}s); model {args.trees} trees, "
+            f"backend {info.json()['backend']}"
         )
-        print(f"model: {args.trees} trees, backend {backend}")
-        print(f"{'concurrency':>11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-        for connections, r in results.items():
+        print(f"{'run':>18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+        for label, r in results.items():
             print(
-                f"{connections:>11} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['non_2xx']:>8.0f}"
+                f"{label:>18} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+                f"{r['non_2xx']:>8.0f}"
             )
-        print(
-            json.dumps(
-                {str(k): {x: y for x, y in v.items() if x != "runs"} for k, v in results.items()}
-            )
-        )
+        print(json.dumps(results))
     finally:
         if server is not None:
             server.stop()
