@@ -47,8 +47,15 @@ class User:
 
 
 def make_hasher(settings: Settings | None = None) -> PasswordHasher:
+    """argon2id with the service's parameters (the CLI reads the same ML_SERVICE_ARGON2_*)."""
     if settings is None:
-        return PasswordHasher(type=Type.ID)
+        env = os.environ
+        return PasswordHasher(
+            time_cost=int(env.get("ML_SERVICE_ARGON2_TIME_COST", "3")),
+            memory_cost=int(env.get("ML_SERVICE_ARGON2_MEMORY_KIB", "65536")),
+            parallelism=int(env.get("ML_SERVICE_ARGON2_PARALLELISM", "4")),
+            type=Type.ID,
+        )
     return PasswordHasher(
         time_cost=settings.argon2_time_cost,
         memory_cost=settings.argon2_memory_kib,
