@@ -56,10 +56,38 @@ configure_rootfs() {
   printf '%s\n' "$name" >"$root/etc/hostname"
   printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
     "$name" >"$root/etc/hosts"
+  share_debs "$root"
   uid=$(awk -F: '$1=="molecule" {print $3}' "$root/etc/passwd")
   gid=$(awk -F: '$1=="molecule" {print $4}' "$root/etc/passwd")
   install -d -m 0700 -o "$uid" -g "$gid" "$root/home/molecule/.ssh"
   install -m 0600 -o "$uid" -g "$gid" "$APPLIANCE_SSH_KEY.pub" "$root/home/molecule/.ssh/authorized_keys"
+}
+
+# Downloaded .deb files are shared by all machines and runs. Not by bind-mounting one directory
+# as every machine's /var/cache/apt/archives: apt locks that directory for a whole install, so
+# machines installing at the same time would wait for each other (and time out). Instead each
+# machine finds the shared packages as symlinks and adds what it downloads before dpkg runs.
+share_debs() {
+  local root=$1 f
+  for f in "$APPLIANCE_APT_ARCHIVES"/*.deb; do
+    [[ -f $f ]] && ln -sf "/var/cache/apt-shared/${f##*/}" "$root/var/cache/apt/archives/"
+  done
+  install -m 0755 /dev/stdin "$root/usr/local/sbin/test-platform-share-debs" <<'HOOK'
+#!/bin/sh
+# Test machine only (scripts/nspawn-machine.sh): offer downloaded packages to the other machines.
+shared=/var/cache/apt-shared
+[ -d "$shared" ] && [ -w "$shared" ] || exit 0
+for f in /var/cache/apt/archives/*.deb; do
+  { [ -f "$f" ] && [ ! -L "$f" ]; } || continue
+  name=${f##*/}
+  [ -e "$shared/$name" ] && continue
+  if cp "$f" "$shared/.$name.$$"; then mv -f "$shared/.$name.$$" "$shared/$name"; else rm -f "$shared/.$name.$$"; fi
+done
+exit 0
+HOOK
+  printf '%s\n' '// Test machine only: share downloaded packages (scripts/nspawn-machine.sh).' \
+    'DPkg::Pre-Invoke { "/usr/local/sbin/test-platform-share-debs || true"; };' \
+    >"$root/etc/apt/apt.conf.d/90-test-platform-share-debs"
 }
 
 host_interface_of() {
@@ -127,7 +155,7 @@ cmd_create() {
     -D "$root" --machine="$name" --network-veth --capability=all \
     --system-call-filter='@keyring bpf' --resolv-conf=off --link-journal=no \
     --console=read-only \
-    --bind="$APPLIANCE_APT_ARCHIVES:/var/cache/apt/archives" "${binds[@]}" \
+    --bind="$APPLIANCE_APT_ARCHIVES:/var/cache/apt-shared" "${binds[@]}" \
     </dev/null >"$dir/console.log" 2>&1 &
   pid=$!
   printf '%s\n' "$pid" >"$dir/nspawn.pid"
