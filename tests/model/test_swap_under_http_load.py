@@ -78,8 +78,7 @@ def test_swaps_under_load_fail_no_request(stack: Stack) -> None:
     swaps = 0
     try:
         with httpx.Client(base_url=base, headers=admin, timeout=30) as c:
-            deadline = time.monotonic() + 8
-            while time.monotonic() < deadline:
+            for _ in range(12):  # a fixed count, not a time budget: the machine may be loaded
                 r = c.post(f"/admin/models/{old}/activate")
                 assert r.status_code == 200, r.text
                 time.sleep(0.3)
@@ -95,7 +94,7 @@ def test_swaps_under_load_fail_no_request(stack: Stack) -> None:
         for t in threads:
             t.join()
     assert failures == []
-    assert swaps >= 10
+    assert swaps == 24
     assert seen[old] > 0 and seen[new] > 0 and set(seen) == {old, new}
     # Both workers follow the pointer within a refresh period or two.
     time.sleep(2)
