@@ -75,7 +75,7 @@ class ModelRegistry:
         self._lock = threading.RLock()
         self._active: LoadedModel | None = None
         self._trusted: TrustedKeys | None = None
-        self._pointer_stamp: tuple[int, int, int] | None = None
+        self._pointer_stamp: bytes | None = None
         self._last_reverify = time.monotonic()
         # What has been reported and not resolved since, to report each problem once
         # per process rather than on every refresh tick: version -> reason.
@@ -342,12 +342,14 @@ class ModelRegistry:
                 log.exception("on_integrity_failure callback failed")
 
     # ----------------------------------------------------------------- pointer
-    def _stat_pointer(self) -> tuple[int, int, int] | None:
+    def _stat_pointer(self) -> bytes | None:
+        # The content itself (a few hundred bytes), not stat(): an in-place edit of the
+        # same length within one timestamp tick would leave inode, mtime and size unchanged.
         try:
-            st = os.stat(self.pointer_path)
+            with open(self.pointer_path, "rb") as fh:
+                return fh.read(64 * 1024)
         except FileNotFoundError:
             return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _read_pointer(self) -> list[str]:
         try:

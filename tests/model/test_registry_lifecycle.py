@@ -240,3 +240,18 @@ def test_activation_under_concurrent_load_has_zero_failures(
     assert swaps == 30
     assert sum(counts) >= 30 * 40
     assert seen_versions == {old, new}
+
+
+def test_in_place_pointer_edit_of_same_length_is_followed(
+    model_dir: Path, trusted_dir: Path, versions: list[str]
+):
+    old, new = versions
+    width = max(len(old), len(new))  # versions may be "X" and "X.1": pad to one size
+    pointer_file = model_dir / "iris" / "ACTIVE"
+    pointer_file.write_text(new.ljust(width) + "\n")
+    worker = ModelRegistry(model_dir, "iris", trusted_dir)
+    assert worker.load().version == new
+    # Same inode, same size, maybe within the same mtime tick.
+    pointer_file.write_text(old.ljust(width) + "\n")
+    worker.refresh()
+    assert worker.active.version == old
