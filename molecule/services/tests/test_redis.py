@@ -142,15 +142,12 @@ def test_memory_cap_and_persistence_configured(host):
 
 
 def test_denylist_survives_a_restart(as_service, redis_cli, password):
-    key = "ml:test:revoked-jti"
-    assert (
-        redis_cli("set", key, "1", "EX", "600", user=API_USER, secret=password).stdout.strip()
-        == "OK"
-    )
+    """The API keeps revoked token IDs in a sorted set scored by expiry (no TTL: never evicted)."""
+    key, jti, expires = "ml:test:revoked", "jti-under-test", str(int(time.time()) + 600)
+    added = redis_cli("zadd", key, expires, jti, user=API_USER, secret=password)
+    assert added.stdout.strip() == "1", added.stdout + added.stderr
     time.sleep(1.5)  # appendfsync everysec
     restart = as_service("systemctl --user restart redis.service")
     assert restart.rc == 0, restart.stderr
-    assert redis_cli("exists", key, user=API_USER, secret=password).stdout.strip() == "1"
-    ttl = int(redis_cli("ttl", key, user=API_USER, secret=password).stdout.strip())
-    assert 0 < ttl <= 600
+    assert redis_cli("zscore", key, jti, user=API_USER, secret=password).stdout.strip() == expires
     redis_cli("del", key, user=API_USER, secret=password)
