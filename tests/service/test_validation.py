@@ -129,3 +129,23 @@ def test_oversized_header_does_not_crash(server: Server) -> None:
         )
         data = s.recv(200)
     assert not data.startswith(b"HTTP/1.1 500")
+
+
+def test_ranges_and_batch_size_come_from_the_settings() -> None:
+    from pydantic import ValidationError
+
+    from ml_service.schemas import RequestModels
+    from ml_service.settings import FeatureRange, Settings
+
+    settings = Settings.model_construct(
+        feature_ranges=[FeatureRange(min=0, max=1), FeatureRange(min=-5, max=5)] * 2, max_batch=2
+    )
+    models = RequestModels(settings)
+    models.features_request.model_validate({"features": [0.5, -4, 1, 5]})
+    for bad in ([1.5, 0, 0, 0], [0, -6, 0, 0], [0, 0, 0, 5.5]):
+        with pytest.raises(ValidationError):
+            models.features_request.model_validate({"features": bad})
+    with pytest.raises(ValidationError):
+        models.instances_request.model_validate({"instances": [[0, 0, 0, 0]] * 3})
+    schema = models.features_request.model_json_schema()["properties"]["features"]["prefixItems"]
+    assert [(s["minimum"], s["maximum"]) for s in schema] == [(0, 1), (-5, 5), (0, 1), (-5, 5)]
