@@ -61,12 +61,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _declare_bearer_auth(app: FastAPI) -> None:
     """Mark every route that depends on ``auth.require`` as needing a bearer token."""
-    secured = set()
+    secured: set[tuple[str, str]] = set()
     for route in app.routes:
         if isinstance(route, APIRoute) and any(
             getattr(dep.call, "__ml_auth__", False) for dep in route.dependant.dependencies
         ):
-            secured.update((route.path, method.lower()) for method in route.methods)
+            secured.update((route.path, method.lower()) for method in route.methods or ())
 
     def openapi() -> dict[str, object]:
         if app.openapi_schema is None:

@@ -68,4 +68,4 @@ def setup(level: str = "info") -> None:
     import logging.config
 
     logging.config.dictConfig(log_config(level))
-    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]

@@ -201,8 +201,10 @@ class RedisState:
     async def _sync_revoked(self) -> None:
         # A local copy of the denylist keeps revocations effective through an outage.
         now = time.time()
-        members = await self.client.zrangebyscore(self._revoked, now, "+inf", withscores=True)
-        self.local_revoked = {m.decode(): s for m, s in members}
+        members: list[tuple[bytes, float]] = await self.client.zrangebyscore(
+            self._revoked, now, "+inf", withscores=True
+        )  # type: ignore[assignment]
+        self.local_revoked = {m.decode(): float(s) for m, s in members}
 
     async def probe_forever(self) -> None:
         while True:

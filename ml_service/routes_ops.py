@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import orjson
@@ -42,7 +42,9 @@ def _readiness(services: Services) -> tuple[bool, dict[str, object]]:
     }
 
 
-_NOT_READY = {503: {"model": Health, "description": "No verified model loaded"}}
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"model": Health, "description": "No verified model loaded"}
+}
 
 
 @router.get("/health/live", tags=["health"], response_model=Health, summary="Liveness")

@@ -5,7 +5,7 @@ from the settings at start-up, and FastAPI must see them as real objects.
 """
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import numpy as np
@@ -251,7 +251,8 @@ def build_router(models: RequestModels) -> APIRouter:
     ) -> Response:
         services: Services = request.app.state.services
         _check_name(services, name)
-        tensor = body.inputs[0]
+        req: Any = body  # built at run time from the settings
+        tensor = req.inputs[0]
         data = tensor.data
         if data and isinstance(data[0], tuple):
             X = np.array(data, dtype=np.float64)
@@ -268,7 +269,7 @@ def build_router(models: RequestModels) -> APIRouter:
             )
         model, probas, classes = await _infer(services, request, X)
         wanted = (
-            {o.name for o in body.outputs} if body.outputs else {"probabilities", "predicted_class"}
+            {o.name for o in req.outputs} if req.outputs else {"probabilities", "predicted_class"}
         )
         outputs = []
         if "probabilities" in wanted:
@@ -294,7 +295,7 @@ def build_router(models: RequestModels) -> APIRouter:
             {
                 "model_name": model.name,
                 "model_version": model.version,
-                "id": body.id if body.id is not None else request_id,
+                "id": req.id if req.id is not None else request_id,
                 "outputs": outputs,
                 "parameters": {"request_id": request_id},
             }

@@ -230,19 +230,20 @@ def _claims_reason(message: str) -> str:
 
 
 def _claims_from(payload: dict[str, object], leeway: int) -> Claims:
-    values = {}
+    texts: dict[str, str] = {}
+    numbers: dict[str, int] = {}
     for name in ("sub", "role", "jti"):
-        value = payload.get(name)
-        if not isinstance(value, str) or not value or len(value) > 128:
+        text = payload.get(name)
+        if not isinstance(text, str) or not text or len(text) > 128:
             raise TokenError("missing_claim")
-        values[name] = value
+        texts[name] = text
     for name in ("iat", "nbf", "exp"):
-        value = payload.get(name)
-        if not isinstance(value, int) or isinstance(value, bool):
+        number = payload.get(name)
+        if not isinstance(number, int) or isinstance(number, bool):
             raise TokenError("bad_claims")
-        values[name] = value
-    if values["role"] not in ROLES:
+        numbers[name] = number
+    if texts["role"] not in ROLES:
         raise TokenError("bad_claims")
-    if values["iat"] > time.time() + leeway:
+    if numbers["iat"] > time.time() + leeway:
         raise TokenError("not_yet_valid")
-    return Claims(**values)  # type: ignore[arg-type]
+    return Claims(**texts, **numbers)  # type: ignore[arg-type]
