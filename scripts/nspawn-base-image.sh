@@ -49,7 +49,7 @@ Suites: $APPLIANCE_SUITE-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-# /var/cache/apt/archives is a bind mount shared by all machines: keep what apt downloads.
+# Keep what apt downloads: machines share their .deb files (scripts/nspawn-machine.sh).
 cat >"$root/etc/apt/apt.conf.d/90-test-platform-keep-debs" <<'APT'
 APT::Keep-Downloaded-Packages "true";
 Binary::apt::APT::Keep-Downloaded-Packages "true";
