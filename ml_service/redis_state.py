@@ -27,7 +27,17 @@ from .settings import Limit, Settings
 
 log = logging.getLogger("ml_service.redis")
 
+# KEYS[3..] / ARGV[5..]: predictions queued for /feedback ride along (see remember_prediction).
 _AUTHORIZE_LUA = """
+for i = 3, #KEYS do
+  local n = -1
+  for word in string.gmatch(ARGV[i + 2], '%S+') do
+    if n < 0 then redis.call('HSET', KEYS[i], 'v', word)
+    else redis.call('HSET', KEYS[i], tostring(n), word) end
+    n = n + 1
+  end
+  redis.call('EXPIRE', KEYS[i], ARGV[4])
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if ARGV[1] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[1]) then
@@ -94,7 +104,8 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
-_REMEMBER_DELAY = 0.01
+_REMEMBER_DELAY = 0.05
+_PIGGYBACK_MAX = 64
 
 
 class RedisUnavailable(Exception):
@@ -230,12 +241,15 @@ class RedisState:
         """Denylist check + one rate-limit hit, atomically; falls back to the local limiter."""
         interval_us = max(1, round(limit.period_seconds * 1_000_000 / limit.limit))
         period_us = interval_us * limit.limit
+        keys = [f"{self._rl}{user}:{endpoint_class}", self._revoked]
+        args: list[str | int] = [jti, interval_us, period_us, self._settings.feedback_ttl_seconds]
+        if self._pending:
+            batch, self._pending = self._pending[:_PIGGYBACK_MAX], self._pending[_PIGGYBACK_MAX:]
+            keys += [self._pred + request_id for request_id, _, _ in batch]
+            args += [f"{version} {' '.join(map(str, classes))}" for _, version, classes in batch]
         try:
             allowed, retry_us, remaining, reset_us = await self._call(
-                self._authorize(
-                    keys=[f"{self._rl}{user}:{endpoint_class}", self._revoked],
-                    args=[jti, interval_us, period_us],
-                )
+                self._authorize(keys=keys, args=args)
             )
         except RedisUnavailable:
             if jti in self.local_revoked:
@@ -286,8 +300,8 @@ class RedisState:
     def remember_prediction(self, request_id: str, classes: list[int], version: str) -> None:
         """Queue request id -> predicted classes for /feedback; the response does not wait.
 
-        Queued entries are written in batches (one script call per ``_REMEMBER_DELAY``),
-        so under load this costs far less than a round trip per prediction.
+        The queue rides along with the next request's rate-limit call (no extra round
+        trip); whatever is still queued after ``_REMEMBER_DELAY`` is written on its own.
         """
         if not self.up:
             return
