@@ -241,7 +241,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     _check_secret_file(
         settings.metrics_token_file, "ML_SERVICE_METRICS_TOKEN_FILE", MIN_SECRET_CHARS, problems
     )
-    if "@" in settings.redis_url.split("//", 1)[-1].split("/", 1)[0]:
+    # A user name in the URL is fine (Redis ACL user); a password there would leak.
+    netloc = settings.redis_url.split("//", 1)[-1].split("/", 1)[0]
+    if "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
         problems.append(
             "ML_SERVICE_REDIS_URL: put the password in ML_SERVICE_REDIS_PASSWORD_FILE, not the URL"
         )
