@@ -30,7 +30,6 @@ EXPECTED = {
     "allowtcpforwarding": "local",
     "permitopen": "127.0.0.1:8443",
     "allowusers": "opsadmin molecule",
-    "persourcepenaltyexemptlist": "10.213.20.1",
     "kexalgorithms": (
         "mlkem768x25519-sha256,sntrup761x25519-sha512,sntrup761x25519-sha512@openssh.com"
     ),
@@ -59,6 +58,12 @@ def sshd_effective(host):
 @pytest.mark.parametrize(("key", "value"), EXPECTED.items())
 def test_sshd_effective_value(sshd_effective, key, value):
     assert sshd_effective.get(key) == value
+
+
+def test_controller_is_exempt_from_sshd_penalties(sshd_effective, address):
+    controller = address.rsplit(".", 1)[0] + ".1"
+    assert sshd_effective["persourcepenaltyexemptlist"] == controller
+    assert sshd_effective["persourcepenalties"] != "no"
 
 
 def test_sshd_offers_no_ecdsa_host_key(sshd_effective):

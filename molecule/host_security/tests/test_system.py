@@ -96,3 +96,14 @@ def test_unneeded_package_absent(host, package):
 
 def test_admin_keeps_password_aging_off(host):
     assert host.check_output("sudo chage -l opsadmin | grep 'Maximum number'").endswith("-1")
+
+
+def test_unneeded_kernel_modules_cannot_load(host):
+    config = host.file("/etc/modprobe.d/appliance-disabled-modules.conf").content_string
+    for module in ("dccp", "sctp", "usb-storage", "firewire-core"):
+        assert f"install {module} /bin/false" in config
+
+
+def test_login_banner(host):
+    for path in ("/etc/issue", "/etc/issue.net"):
+        assert "Authorised access only" in host.file(path).content_string
