@@ -150,3 +150,9 @@ def test_keys_generate(tmp_path: Path) -> None:
     pubs = list((tmp_path / "k").glob("*.pub"))
     assert len(keys) == 1 and len(pubs) == 1 and keys[0].stem == pubs[0].stem
     assert stat.S_IMODE(keys[0].stat().st_mode) == 0o600
+
+
+def test_acl_user_name_in_redis_url_is_accepted(deployment: Deployment) -> None:
+    env = {**deployment.env(), "ML_SERVICE_REDIS_URL": "redis://ml-api@127.0.0.1:6379/0"}
+    code, out = check(env)
+    assert code == 0, out

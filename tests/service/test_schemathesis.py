@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from service_support import REPO, RedisServer, Server, make_deployment
+from service_support import RedisServer, Server, make_deployment
 
 from ml_service.model.testing import SigningKeys
 from ml_service.tokens import key_id
@@ -78,7 +78,7 @@ def test_schemathesis_all_checks(st_server: Server, tmp_path: Path) -> None:
             str(tmp_path),
         ],
         env=env,
-        cwd=REPO,
+        cwd=tmp_path,  # schemathesis keeps a cache directory in its working directory
         capture_output=True,
         text=True,
         timeout=300,
