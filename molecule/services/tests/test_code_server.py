@@ -15,6 +15,7 @@ SERVICE_USER = "appliance"
 PASSWORD_FILE = "/etc/appliance/secrets/code-server-password"
 HASH_FILE = "/etc/appliance/secrets/code-server-password.argon2"
 WORKSPACE = "/srv/appliance/workspace"
+WORKSPACE_LOCK = Path(__file__).resolve().parents[3] / "workspace" / "requirements.txt"
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +111,19 @@ def test_port_is_not_published(host, address):
     assert probe.returncode != 0
 
 
-def test_ml_libraries_are_installed(host):
+def test_ml_libraries_match_the_workspace_pins(host):
+    """The IDE trains with exactly the scikit-learn/numpy/joblib the API unpickles with."""
+    pins = dict(
+        line.split(" ")[0].split("==")
+        for line in WORKSPACE_LOCK.read_text(encoding="utf-8").splitlines()
+        if "==" in line and not line.startswith((" ", "#"))
+    )
     out = podman(
         host, "exec", "code-server", "python3", "-c",
-        "'import sklearn, pandas, joblib; print(sklearn.__version__, pandas.__version__)'",
+        "'import sklearn, numpy, joblib, pandas; "
+        "print(sklearn.__version__, numpy.__version__, joblib.__version__)'",
     )  # fmt: skip
-    assert len(out.split()) == 2
+    assert out.split() == [pins["scikit-learn"], pins["numpy"], pins["joblib"]]
 
 
 def test_runs_as_the_service_account_not_root(host):
