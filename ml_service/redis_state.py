@@ -105,6 +105,7 @@ end
 return #KEYS
 """
 _REMEMBER_DELAY = 0.05
+_POOL_SIZE = 16
 _PIGGYBACK_MAX = 64
 
 
@@ -156,15 +157,19 @@ class RedisState:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         timeout = settings.redis_timeout_seconds
-        self.client = aioredis.Redis.from_url(
+        # A bounded pool: a burst of requests shares a few connections instead of opening
+        # (and authenticating) one each; waiting for a free one is bounded by the timeout.
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url,
+            max_connections=_POOL_SIZE,
+            timeout=timeout,
             password=settings.redis_password,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry_on_timeout=False,
-            retry=None,
             health_check_interval=0,
-            decode_responses=False,
+        )
+        self.client = aioredis.Redis(
+            connection_pool=pool, retry_on_timeout=False, retry=None, decode_responses=False
         )
         p = settings.key_prefix
         self._rl = f"{p}:rl:"

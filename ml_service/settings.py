@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     # Redis
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password_file: Path
-    redis_timeout_seconds: Annotated[float, Field(gt=0, le=5)] = 1.0
+    redis_timeout_seconds: Annotated[float, Field(gt=0, le=5)] = 2.0
     redis_probe_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_:.-]{1,32}$")] = "ml"
 
