@@ -178,6 +178,9 @@ async def activate(
         raise ApiError(404, f"no model version {version!r}") from None
     except ModelIntegrityError as exc:
         raise ApiError(409, f"version {version!r} refused: {exc.reason}") from None
+    except OSError as exc:
+        # The pointer every worker follows could not be written: nothing changed.
+        raise ApiError(503, f"cannot record the activation: {exc.strerror}") from None
     services.publish_model()
     request.scope["ml"].model_version = version
     return _json(_model_info(services))
@@ -198,6 +201,8 @@ async def rollback(
         model = await anyio.to_thread.run_sync(services.registry.rollback)
     except (NoModelError, ModelIntegrityError) as exc:
         raise ApiError(409, f"nothing to roll back to ({exc.__class__.__name__})") from None
+    except OSError as exc:
+        raise ApiError(503, f"cannot record the rollback: {exc.strerror}") from None
     services.publish_model()
     request.scope["ml"].model_version = model.version
     return _json(_model_info(services))

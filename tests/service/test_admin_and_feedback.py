@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,3 +170,25 @@ def test_feedback(server: Server, tokens: dict[str, str]) -> None:
         text = c.get("/metrics", headers=bearer(server.deployment.metrics_token)).text
     assert "ml_model_rolling_accuracy " in text
     assert 'ml_model_feedback_total{model_version="' in text
+
+
+def test_activation_that_cannot_be_recorded_is_a_503(admin_server: Server) -> None:
+    """A model directory the service cannot write (here: immutable) changes nothing."""
+    admin = admin_server.token("alice-admin")
+    predictor = admin_server.token("paul-predictor")
+    name_dir = admin_server.deployment.model_dir / "iris"
+    with httpx.Client(base_url=admin_server.url) as c:
+        listing = c.get("/admin/models", headers=bearer(admin)).json()
+        active = listing["active"]
+        other = next(v["version"] for v in listing["versions"] if v["version"] != active)
+        if subprocess.run(["chattr", "+i", str(name_dir)], check=False).returncode != 0:
+            pytest.skip("chattr +i is not supported on this file system")
+        try:
+            r = c.post(f"/admin/models/{other}/activate", headers=bearer(admin))
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "unavailable"
+            assert "cannot record" in r.json()["error"]["message"]
+        finally:
+            subprocess.run(["chattr", "-i", str(name_dir)], check=True)
+        assert c.get("/admin/models", headers=bearer(admin)).json()["active"] == active
+    _wait_all_serve(admin_server, predictor, active)
