@@ -15,7 +15,7 @@ from .errors import ApiError
 from .model import ModelIntegrityError, NoModelError
 from .openapi import errors
 from .schemas import Health, ModelInfo, UserInfo, V2Live, V2Ready, VersionList
-from .services import Services
+from .services import Services, model_info_body
 
 router = APIRouter()
 
@@ -131,17 +131,7 @@ def _version_list(services: Services) -> dict[str, object]:
 def _model_info(services: Services) -> dict[str, object]:
     model = services.registry.active
     assert model is not None
-    md = model.metadata
-    return {
-        "name": model.name,
-        "version": model.version,
-        "sha256": model.sha256,
-        "backend": model.backend,
-        "trained_at": md.get("trained_at"),
-        "metrics": md.get("metrics") or {},
-        "feature_names": list(model.feature_names),
-        "class_names": list(model.class_names),
-    }
+    return model_info_body(model)
 
 
 @router.get(

@@ -29,7 +29,7 @@ from .schemas import (
     RequestModels,
     V2ModelMetadata,
 )
-from .services import Services
+from .services import Services, model_info_body
 
 log = logging.getLogger("ml_service.predict")
 
@@ -124,20 +124,7 @@ def build_router(models: RequestModels) -> APIRouter:
     async def model_info(
         request: Request, principal: Annotated[Principal, require("model:read", "read")]
     ) -> Response:
-        model = _active(request.app.state.services)
-        md = model.metadata
-        return _json(
-            {
-                "name": model.name,
-                "version": model.version,
-                "sha256": model.sha256,
-                "backend": model.backend,
-                "trained_at": md.get("trained_at"),
-                "metrics": md.get("metrics") or {},
-                "feature_names": list(model.feature_names),
-                "class_names": list(model.class_names),
-            }
-        )
+        return _json(model_info_body(_active(request.app.state.services)))
 
     @router.post(
         "/feedback",

@@ -12,7 +12,13 @@ import anyio
 
 from . import metrics
 from .audit import AuditLog
-from .model import ModelIntegrityError, ModelRegistry, NoModelError, PredictionMonitor
+from .model import (
+    LoadedModel,
+    ModelIntegrityError,
+    ModelRegistry,
+    NoModelError,
+    PredictionMonitor,
+)
 from .redis_state import RedisState
 from .schemas import RequestModels
 from .settings import Settings
@@ -23,6 +29,21 @@ log = logging.getLogger("ml_service")
 
 # argon2 with 64 MiB per hash: a bound on concurrent hashes is a bound on memory.
 _MAX_CONCURRENT_HASHES = 4
+
+
+def model_info_body(model: LoadedModel) -> dict[str, object]:
+    """The body of ``GET /model/info`` (and of the admin activation answers)."""
+    md = model.metadata
+    return {
+        "name": model.name,
+        "version": model.version,
+        "sha256": model.sha256,
+        "backend": model.backend,
+        "trained_at": md.get("trained_at"),
+        "metrics": md.get("metrics") or {},
+        "feature_names": list(model.feature_names),
+        "class_names": list(model.class_names),
+    }
 
 
 class Services:
