@@ -10,11 +10,11 @@ export PATH := $(BIN):$(PATH)
 # Keep ansible-lint and molecule from reaching for Galaxy (unreachable).
 export ANSIBLE_GALAXY_DISABLE_GPG_VERIFY := 1
 
-SCENARIOS = $(sort $(filter-out shared,$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))))
+SCENARIOS = $(sort $(filter-out shared appliance,$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))))
 PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
 PY_DIRS = $(wildcard ml_service workspace tests molecule scripts)
 
-.PHONY: help venv test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines
+.PHONY: help venv test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up down
 
 help:
 	@echo "make venv            create $(VENV) from requirements/dev.lock (hash-checked)"
@@ -25,6 +25,8 @@ help:
 	@echo "make scenario S=NAME one scenario (molecule test -s NAME)"
 	@echo "make base-image      rebuild the cached Debian 13 root filesystem"
 	@echo "make clean-machines  remove every test machine, veth and the NAT table"
+	@echo "make up              the whole appliance (site.yml) on a local test machine, 10.213.40.2"
+	@echo "make down            remove that machine"
 
 venv:
 	$(PYTHON) -m venv $(VENV)
@@ -82,3 +84,15 @@ base-image:
 
 clean-machines:
 	scripts/nspawn-cleanup.sh $(M)
+
+# The whole appliance on a local Debian 13 test machine (mol-appliance, 10.213.40.2): boot it if
+# it is not running, apply the test-machine tweaks, then site.yml (inventories/local). Run it
+# again to re-converge (idempotent); `make down` removes the machine.
+up:
+	@scripts/nspawn-machine.sh status mol-appliance >/dev/null 2>&1 || \
+	  scripts/nspawn-machine.sh create mol-appliance 40 >/dev/null
+	ansible-playbook molecule/shared/prepare.yml
+	ansible-playbook site.yml
+
+down:
+	scripts/nspawn-machine.sh destroy mol-appliance
