@@ -14,7 +14,7 @@ SCENARIOS = $(sort $(filter-out shared appliance,$(notdir $(patsubst %/molecule.
 PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
 PY_DIRS = $(wildcard ml_service workspace tests molecule scripts)
 
-.PHONY: help venv test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up down
+.PHONY: help venv test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up check-up down
 
 help:
 	@echo "make venv            create $(VENV) from requirements/dev.lock (hash-checked)"
@@ -26,6 +26,7 @@ help:
 	@echo "make base-image      rebuild the cached Debian 13 root filesystem"
 	@echo "make clean-machines  remove every test machine, veth and the NAT table"
 	@echo "make up              the whole appliance (site.yml) on a local test machine, 10.213.40.2"
+	@echo "make check-up        end-to-end checks of that machine (testinfra)"
 	@echo "make down            remove that machine"
 
 venv:
@@ -93,6 +94,12 @@ up:
 	  scripts/nspawn-machine.sh create mol-appliance 40 >/dev/null
 	ansible-playbook molecule/shared/prepare.yml
 	ansible-playbook site.yml
+
+# End-to-end checks of the machine `make up` made (testinfra: units, HTTPS through Traefik,
+# Prometheus scraping every target).
+check-up:
+	pytest -p no:cacheprovider --hosts=ansible://mol-appliance \
+	  --ansible-inventory=inventories/local/hosts.yml --force-ansible molecule/appliance/tests
 
 down:
 	scripts/nspawn-machine.sh destroy mol-appliance
