@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import urllib.parse
@@ -26,8 +24,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "workspace"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from smoke_stack import PASSWORD, USER, Stack  # noqa: E402
+from wrk_report import run_wrk  # noqa: E402
 
 LUA = """
 wrk.method = "POST"
@@ -35,40 +35,12 @@ wrk.body = '{"features": [6.1, 2.8, 4.7, 1.2]}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %s"
 """
-UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def token(port: int) -> str:
     form = urllib.parse.urlencode({"username": USER, "password": PASSWORD}).encode()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/token", form, timeout=10) as r:
         return str(json.load(r)["access_token"])
-
-
-def ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    assert m, text
-    return float(m.group(1)) * UNIT[m.group(2)]
-
-
-def run_wrk(port: int, script: Path, connections: int, duration: int) -> dict[str, float]:
-    threads = min(2, connections)
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
-         "-s", str(script), f"http://127.0.0.1:{port}/predict"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
-    p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors:.*", out)
-    return {
-        "rps": rps,
-        "p50_ms": p50,
-        "p99_ms": p99,
-        "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
-        "socket_errors": 1.0 if errors else 0.0,
-    }
 
 
 def main() -> int:
@@ -106,13 +78,16 @@ def main() -> int:
             for stack in stacks.values():
                 script = stack.root / "predict.lua"
                 script.write_text(LUA % token(stack.http_port))
-                run_wrk(stack.http_port, script, 32, 2)  # warm-up
+                run_wrk(f"http://127.0.0.1:{stack.http_port}/predict", script, 32, 2)  # warm-up
             for _ in range(args.rounds):
                 for label, stack in stacks.items():
                     for conns in (32, 1):
                         results[label][conns].append(
                             run_wrk(
-                                stack.http_port, stack.root / "predict.lua", conns, args.duration
+                                f"http://127.0.0.1:{stack.http_port}/predict",
+                                stack.root / "predict.lua",
+                                conns,
+                                args.duration,
                             )
                         )
         finally:

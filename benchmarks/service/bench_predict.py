@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,8 +24,10 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "service"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from service_support import Deployment, RedisServer, Server  # noqa: E402
+from wrk_report import run_wrk  # noqa: E402
 
 from ml_service.model.testing import make_keys, make_signed_model  # noqa: E402
 
@@ -45,40 +45,6 @@ def wrk_script(path: Path, token: str) -> Path:
         f'wrk.headers["Authorization"] = "Bearer {token}"\n'
     )
     return path
-
-
-def _ms(value: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", value)
-    assert m, value
-    n, unit = float(m.group(1)), m.group(2)
-    return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
-
-
-def run_wrk(url: str, script: Path | None, connections: int, duration: int) -> dict[str, float]:
-    threads = 1 if connections == 1 else 2
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
-    if script is not None:
-        cmd += ["-s", str(script), url + "/predict"]
-    else:
-        cmd.append(url + "/health/live")  # reference: the cheapest route, same middleware
-    out = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors:.*", out)
-    return {
-        "rps": rps,
-        "p50_ms": p50,
-        "p99_ms": p99,
-        "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
-        "socket_errors": 1.0 if errors else 0.0,
-    }
 
 
 def main() -> int:
@@ -115,15 +81,17 @@ def main() -> int:
         server.start()
         token = server.token(BENCH_USER, BENCH_PASSWORD)
         script = wrk_script(root / "predict.lua", token)
-        run_wrk(server.url, script, 32, 2)  # warm-up
+        run_wrk(server.url + "/predict", script, 32, 2)  # warm-up
         results: dict[str, dict[str, float]] = {}
-        for label, target, connections in (
-            ("predict c=1", script, 1),
-            ("predict c=32", script, 32),
-            ("health/live c=32", None, 32),
+        # /health/live is the reference: the cheapest route behind the same middleware.
+        for label, route, target, connections in (
+            ("predict c=1", "/predict", script, 1),
+            ("predict c=32", "/predict", script, 32),
+            ("health/live c=32", "/health/live", None, 32),
         ):
             runs = [
-                run_wrk(server.url, target, connections, args.duration) for _ in range(args.rounds)
+                run_wrk(server.url + route, target, connections, args.duration)
+                for _ in range(args.rounds)
             ]
             results[label] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
         info = httpx.get(server.url + "/model/info", headers={"Authorization": f"Bearer {token}"})
