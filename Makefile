@@ -12,7 +12,7 @@ export ANSIBLE_GALAXY_DISABLE_GPG_VERIFY := 1
 
 SCENARIOS = $(sort $(filter-out shared appliance,$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))))
 PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
-PY_DIRS = $(wildcard ml_service workspace tests molecule scripts)
+PY_DIRS = $(wildcard ml_service workspace tests molecule scripts benchmarks)
 
 .PHONY: help venv test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up check-up down
 
