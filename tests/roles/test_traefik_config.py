@@ -1,8 +1,8 @@
 """Render the traefik role's templates with Ansible and check them on the controller.
 
 The static configuration is validated against Traefik v3's JSON schema, the file-provider
-configuration against the dynamic schema (both from ../shared/schemas/traefik, beside the
-repository), then the appliance's own rules are checked: HTTPS-only routers, a guarded metrics
+configuration against the dynamic schema (both vendored in files/schemas/traefik, with their
+source in SOURCE.md there), then the appliance's own rules are checked: HTTPS-only routers, a guarded metrics
 route, TLS 1.2+, security headers, and a container unit that publishes only 80/443.
 """
 
@@ -22,7 +22,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "traefik"
-SCHEMA_DIR = REPO.parent / "shared" / "schemas" / "traefik"
+SCHEMA_DIR = REPO / "files" / "schemas" / "traefik"
 STATIC_SCHEMA = SCHEMA_DIR / "traefik-v3.json"
 DYNAMIC_SCHEMA = SCHEMA_DIR / "traefik-v3-file-provider.json"
 DYNAMIC_FILES = ("routers.yml", "middlewares.yml", "tls.yml")
@@ -75,8 +75,8 @@ PLAYBOOK = """
 def _load_schema(path: Path) -> dict[str, Any]:
     if not path.is_file():
         pytest.fail(
-            f"Traefik JSON schema missing: {path}. The schemas live in shared/schemas/traefik/ "
-            f"beside the repository (expected at {SCHEMA_DIR}); check out shared/ next to it."
+            f"Traefik JSON schema missing: {path}. The schemas are vendored in "
+            f"files/schemas/traefik/ (SOURCE.md there names where they come from)."
         )
     return json.loads(path.read_text(encoding="utf-8"))
 
