@@ -10,32 +10,69 @@ export PATH := $(BIN):$(PATH)
 # Keep ansible-lint and molecule from reaching for Galaxy (unreachable).
 export ANSIBLE_GALAXY_DISABLE_GPG_VERIFY := 1
 
-SCENARIOS = $(sort $(filter-out shared appliance,$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))))
+# Debian packages of the tests, `make up` and CI: the one list, .ci/apt-packages.txt.
+APT_PACKAGES = $(shell sed -e 's/\#.*//' .ci/apt-packages.txt)
+# The appliance scenario converges everything services and ml_service converge and collects their
+# test directories (molecule/appliance/molecule.yml): CI runs them there, not on machines of their
+# own. `make scenario S=services` still runs one alone.
+FOLDED_SCENARIOS = services ml_service
+ALL_SCENARIOS = $(filter-out shared,$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+# The appliance last: the longest, and it needs what the others test first.
+SCENARIOS = $(sort $(filter-out appliance $(FOLDED_SCENARIOS),$(ALL_SCENARIOS))) $(filter appliance,$(ALL_SCENARIOS))
 PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
 PY_DIRS = $(wildcard ml_service workspace tests molecule scripts benchmarks)
 
-.PHONY: help venv test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up check-up down
+.PHONY: help deps apt-packages venv test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up check-up down
 
 help:
-	@echo "make venv            create $(VENV) from requirements/dev.lock (hash-checked)"
-	@echo "make test            lint + unit + molecule (everything CI runs)"
+	@echo "make test            deps + lint + unit + molecule (everything CI runs; as root)"
+	@echo "make up              deps + the whole appliance (site.yml) on a local test machine, 10.213.40.2"
+	@echo "make deps            apt-packages + venv (each skips what is already there)"
+	@echo "make apt-packages    install the missing Debian packages of .ci/apt-packages.txt (root)"
+	@echo "make venv            $(VENV) from requirements/dev.lock (hash-checked), again only when the lock changed"
 	@echo "make lint            yamllint, ansible-lint, ruff, shellcheck, playbook syntax checks"
 	@echo "make unit            pytest tests/"
-	@echo "make molecule        every scenario: $(SCENARIOS)"
-	@echo "make scenario S=NAME one scenario (molecule test -s NAME)"
+	@echo "make molecule        the scenarios CI runs: $(SCENARIOS)"
+	@echo "make scenario S=NAME one scenario (molecule test -s NAME), one of: $(sort $(ALL_SCENARIOS))"
 	@echo "make base-image      rebuild the cached Debian 13 root filesystem"
 	@echo "make clean-machines  remove every test machine, veth and the NAT table"
-	@echo "make up              the whole appliance (site.yml) on a local test machine, 10.213.40.2"
 	@echo "make check-up        end-to-end checks of that machine (testinfra)"
 	@echo "make down            remove that machine"
 
-venv:
+deps:
+	@$(MAKE) --no-print-directory apt-packages
+	@$(MAKE) --no-print-directory venv
+
+# Installs only what is missing: with everything there it needs neither root nor the network.
+apt-packages:
+	@missing=(); for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q ' installed$$' || missing+=("$$p"); \
+	done; \
+	if (( $${#missing[@]} == 0 )); then echo "apt-packages: all $(words $(APT_PACKAGES)) installed"; exit 0; fi; \
+	[[ $$(id -u) -eq 0 ]] || { echo "apt-packages: missing $${missing[*]}; run as root to install them"; exit 1; }; \
+	echo "apt-get install $${missing[*]}"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends "$${missing[@]}" >/dev/null
+
+# Rebuilt only when the lock or pyproject.toml is newer than the last install.
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements/dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q --require-hashes -r requirements/dev.lock
 	$(BIN)/pip install -q --no-deps -e .
+	touch $@
 
-test: lint unit molecule
+# Every step runs even when an earlier one fails (one run shows every failure); the time and
+# result of each are printed at the end. Only missing dependencies stop it before the tests.
+test: deps
+	@rc=0; steps=(); for step in lint unit molecule; do \
+	  echo "=== make $$step"; start=$$(date +%s); \
+	  if $(MAKE) --no-print-directory $$step; then r=ok; else r=FAILED; rc=1; fi; \
+	  steps+=("$$(printf '%-9s %5ss  %s' "$$step" "$$(( $$(date +%s) - start ))" "$$r")"); \
+	done; \
+	echo "=== make test steps"; printf '  %s\n' "$${steps[@]}"; exit $$rc
 
 # -k: every linter runs even when an earlier one fails, so one run shows all findings.
 lint:
@@ -89,7 +126,7 @@ clean-machines:
 # The whole appliance on a local Debian 13 test machine (mol-appliance, 10.213.40.2): boot it if
 # it is not running, apply the test-machine tweaks, then site.yml (inventories/local). Run it
 # again to re-converge (idempotent); `make down` removes the machine.
-up:
+up: deps
 	@scripts/nspawn-machine.sh status mol-appliance >/dev/null 2>&1 || \
 	  scripts/nspawn-machine.sh create mol-appliance 40 >/dev/null
 	ansible-playbook molecule/shared/prepare.yml

@@ -1,9 +1,9 @@
 """Render the traefik role's templates with Ansible and check them on the controller.
 
 The static configuration is validated against Traefik v3's JSON schema, the file-provider
-configuration against the dynamic schema (both vendored in files/schemas/traefik, with their
-source in SOURCE.md there), then the appliance's own rules are checked: HTTPS-only routers, a guarded metrics
-route, TLS 1.2+, security headers, and a container unit that publishes only 80/443.
+configuration against the dynamic schema (both vendored in files/schemas/traefik, their source
+in SOURCE.md there), then the appliance's own rules are checked: HTTPS-only routers, a guarded
+metrics route, TLS 1.2+, security headers, and a container unit that publishes only 80/443.
 """
 
 from __future__ import annotations

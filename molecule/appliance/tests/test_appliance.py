@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,3 +63,42 @@ def test_prometheus_scrapes_every_target(host):
             break
         time.sleep(5)
     assert up == dict.fromkeys(expected, "1"), out.stdout + out.stderr
+
+
+def _ready_status(host) -> int:
+    """HTTP status of /v2/health/ready through Traefik, from the controller (curl, appliance CA)."""
+    address = host.ansible.get_variables()["ansible_host"]
+    with tempfile.NamedTemporaryFile("w", suffix=".crt") as ca:
+        ca.write(host.file("/etc/appliance/ca.crt").content_string)
+        ca.flush()
+        result = subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--cacert", ca.name,
+             "--resolve", f"api.localhost:443:{address}", "-o", "/dev/null", "-w", "%{http_code}",
+             "https://api.localhost/v2/health/ready"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)
+
+
+def _poll_status(host, wanted: int, seconds: float) -> list[int]:
+    seen = []
+    deadline = time.monotonic() + seconds
+    while not seen or (seen[-1] != wanted and time.monotonic() < deadline):
+        seen.append(_ready_status(host))
+        if seen[-1] != wanted:
+            time.sleep(1)
+    return seen
+
+
+def test_api_answers_503_while_it_is_stopped(host):
+    """Traefik's health check marks a stopped API down: 503, not a hanging request; then back."""
+    assert _poll_status(host, 200, 60)[-1] == 200
+    assert host.run(AS_SERVICE + "systemctl --user stop ml-api.service").rc == 0
+    try:
+        seen = _poll_status(host, 503, 60)
+        assert seen[-1] == 503, seen
+    finally:
+        assert host.run(AS_SERVICE + "systemctl --user start ml-api.service").rc == 0
+    seen = _poll_status(host, 200, 180)
+    assert seen[-1] == 200, seen

@@ -1,0 +1,55 @@
+"""The appliance scenario also runs the services and ml_service tests (molecule.yml); here: the
+two of them that need the API absent, replaced by checks of the full appliance, and where the
+browser test's screenshots go."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+# Ignored by git (.gitignore); printed at the end of the run.
+ARTIFACTS = REPO / "artifacts" / "appliance"
+
+# (scenario, file, test) -> the test of this directory that checks it on the full appliance.
+REPLACED = {
+    ("services", "test_traefik.py", "test_api_answers_503_until_it_is_deployed"): (
+        "test_appliance.py::test_api_answers_503_while_it_is_stopped"
+    ),
+    ("services", "test_prometheus.py", "test_all_targets_up"): (
+        "test_appliance.py::test_prometheus_scrapes_every_target (with the ml-api job)"
+    ),
+}
+
+
+_deselected: list[tuple[str, str, str]] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept, dropped = [], []
+    for item in items:
+        key = (item.path.parents[1].name, item.path.name, getattr(item, "originalname", item.name))
+        (dropped if key in REPLACED else kept).append(item)
+        if key in REPLACED:
+            _deselected.append(key)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for key in sorted(set(_deselected)):
+        scenario, file, test = key
+        terminalreporter.write_line(
+            f"deselected {scenario}/tests/{file}::{test}: needs the API absent; "
+            f"checked by {REPLACED[key]}"
+        )
+    if ARTIFACTS.is_dir():
+        terminalreporter.write_line(f"appliance test artifacts (screenshots): {ARTIFACTS}")
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
