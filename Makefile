@@ -132,11 +132,12 @@ up: deps
 	ansible-playbook molecule/shared/prepare.yml
 	ansible-playbook site.yml
 
-# End-to-end checks of the machine `make up` made (testinfra: units, HTTPS through Traefik,
-# Prometheus scraping every target).
+# The appliance scenario's checks (with the services and ml_service tests it collects) against
+# the machine `make up` made.
 check-up:
 	pytest -p no:cacheprovider --hosts=ansible://mol-appliance \
-	  --ansible-inventory=inventories/local/hosts.yml --force-ansible molecule/appliance/tests
+	  --ansible-inventory=inventories/local/hosts.yml --force-ansible molecule/appliance/tests \
+	  $(foreach s,$(FOLDED_SCENARIOS),molecule/$(s)/tests)
 
 down:
 	scripts/nspawn-machine.sh destroy mol-appliance
