@@ -150,8 +150,13 @@ def test_prometheus_asks_for_credentials_then_shows_its_ui(host, browser, artifa
     challenge = [r for r in responses(browser, "https://metrics.localhost/") if r["status"] == 401]
     assert challenge, "no 401 from metrics.localhost without credentials"
     headers = {k.lower(): v for k, v in challenge[0]["headers"].items()}
+    # Headless Chromium has no prompt to show (its page stays empty): keep the challenge itself.
+    (artifacts / "prometheus-challenge.txt").write_text(
+        f"{challenge[0]['status']} {challenge[0]['url']}\n"
+        f"www-authenticate: {headers.get('www-authenticate')}\n",
+        encoding="utf-8",
+    )
     assert headers.get("www-authenticate", "").startswith("Basic "), headers
-    browser.save_screenshot(str(artifacts / "prometheus-unauthorized.png"))
     assert "Prometheus" not in browser.page_source
 
     # What a browser sends once the user typed the credentials into its prompt.
