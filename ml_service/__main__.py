@@ -124,13 +124,31 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from .audit import verify_files
+    from .audit_anchors import check_anchors, parse_anchors, rotated_series
 
+    paths = [Path(p) for p in args.files]
+    if args.rotated:
+        paths = [series_file for path in paths for series_file in rotated_series(path)]
+        if not paths:
+            return _fail(f"no audit files at {', '.join(args.files)}", 2)
     try:
-        result = verify_files([Path(p) for p in args.files], allow_continuation=args.continuation)
+        result = verify_files(paths, allow_continuation=args.continuation)
+        if not result.ok or args.anchors is None:
+            print(result.message)
+            return 0 if result.ok else 1
+        if args.anchors == "-":
+            anchors = parse_anchors(sys.stdin)
+        else:
+            anchors = parse_anchors(Path(args.anchors).read_text().splitlines())
+        anchored = check_anchors(paths, anchors)
     except OSError as exc:
         return _fail(f"{exc.filename}: {exc.strerror}", 2)
-    print(result.message)
-    return 0 if result.ok else 1
+    if not anchored.ok:
+        print(anchored.message)
+        return 1
+    pruned = f", {anchored.before_start} older than the kept files" if anchored.before_start else ""
+    print(f"{result.message}; {anchored.message}{pruned}")
+    return 0
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
@@ -174,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--continuation",
         action="store_true",
         help="accept a first record after seq 0 (a rotated file checked without the older ones)",
+    )
+    verify.add_argument(
+        "--rotated",
+        action="store_true",
+        help="each FILE stands for its rotated series too (FILE.N[.gz] oldest first, then FILE)",
+    )
+    verify.add_argument(
+        "--anchors",
+        metavar="FILE",
+        help="chain heads recorded by root ('seq=N hash=H' lines; - for stdin): "
+        "a rewritten or cut log no longer matches them",
     )
     verify.set_defaults(func=cmd_audit_verify)
 

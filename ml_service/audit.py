@@ -27,6 +27,8 @@ from typing import Any
 
 import orjson
 
+from .audit_anchors import open_log
+
 GENESIS = "0" * 64
 
 
@@ -163,7 +165,7 @@ def verify_files(paths: list[Path], allow_continuation: bool = False) -> VerifyR
     first_seq = None
     for path in paths:
         head = _head_of(path)  # read before the file: a concurrent writer only adds lines
-        with path.open("rb") as fh:
+        with open_log(path) as fh:
             result = verify_lines(fh, prev_hash, prev_seq)
         if not result.ok:
             return VerifyResult(False, total + result.records, f"{path}: {result.message}")
@@ -172,7 +174,7 @@ def verify_files(paths: list[Path], allow_continuation: bool = False) -> VerifyR
         total += result.records
         if result.last_hash is not None:
             prev_hash = result.last_hash
-            with path.open("rb") as fh:
+            with open_log(path) as fh:
                 last = fh.readlines()[-1]
             prev_seq = json.loads(last)["seq"]
         cut = head is not None and prev_seq is not None and head[0] >= prev_seq
