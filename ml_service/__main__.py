@@ -16,11 +16,16 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def _preflight():  # type: ignore[no-untyped-def]
-    from .settings import load_settings
+    from .settings import ConfigError, load_settings
     from .tokens import TokenService
+    from .users import UserFileError, check_users_file
 
     settings = load_settings()
     TokenService(settings)  # the signing key parses and is ES256
+    try:
+        check_users_file(settings.users_file)
+    except UserFileError as exc:
+        raise ConfigError(f"ML_SERVICE_USERS_FILE: {exc}") from None
     return settings
 
 
@@ -99,7 +104,15 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    from .users import UserFileError, add_user, list_users, make_hasher, remove_user, set_password
+    from .users import (
+        UserFileError,
+        add_user,
+        list_users,
+        make_hasher,
+        remove_user,
+        set_password,
+        set_role,
+    )
 
     path = _users_file(args)
     try:
@@ -112,6 +125,9 @@ def cmd_users(args: argparse.Namespace) -> int:
         elif args.users_command == "passwd":
             set_password(path, args.name, _read_password(args), make_hasher())
             print(f"password of {args.name} changed; older tokens are no longer accepted")
+        elif args.users_command == "role":
+            set_role(path, args.name, args.role)
+            print(f"{args.name} is now {args.role}; older tokens are no longer accepted")
         else:
             for name, role, created in list_users(path):
                 print(f"{name}\t{role}\t{created}")
@@ -181,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     passwd.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
+    role = users_sub.add_parser("role", help="change a role (older tokens stop working)")
+    role.add_argument("name")
+    role.add_argument("--role", required=True, choices=["admin", "predictor", "viewer"])
     users_sub.add_parser("list", help="list users and roles")
     users.set_defaults(func=cmd_users)
 

@@ -2,8 +2,16 @@
 
 Each line is one JSON object with ``seq`` (position in the chain), ``prev``
 (the previous record's hash) and ``hash`` = SHA-256 of the record's canonical
-JSON without ``hash`` (sorted keys, compact separators). Editing, deleting or
-reordering a line breaks the chain from that point on.
+JSON without ``hash``. Editing, deleting or reordering a line breaks the chain
+from that point on.
+
+The canonical form (:func:`canonical`) is orjson's compact output with sorted
+keys, with every character that some reader takes for a line break or a control
+code (U+0085 and the other C1 controls, U+2028, U+2029, the bidirectional
+overrides) written as a ``\\uXXXX`` escape; orjson already escapes U+0000-U+001F.
+A line is valid only if its bytes are exactly the canonical form of the record
+it parses to, so duplicate keys, reordered keys or extra whitespace (which
+``grep`` and ``jq`` would read differently from the verifier) break it too.
 
 Several worker processes append to the same file. The chain head (last seq and
 hash) lives in ``<audit>.head``; a writer takes an exclusive ``flock`` on that
@@ -17,8 +25,8 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,10 +39,23 @@ from .audit_anchors import open_log
 
 GENESIS = "0" * 64
 
+# UTF-8 of U+0080-U+009F (C1 controls, NEL among them), U+2028-U+202E (line and paragraph
+# separators, bidirectional embeddings and overrides) and U+2066-U+2069 (bidi isolates).
+_UNSAFE = re.compile(rb"\xc2[\x80-\x9f]|\xe2\x80[\xa8-\xae]|\xe2\x81[\xa6-\xa9]")
+
+
+def _escape(match: re.Match[bytes]) -> bytes:
+    return b"\\u%04x" % ord(match.group().decode())
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    """The one serialisation of a record: the hash input and (with ``hash``) the line."""
+    return _UNSAFE.sub(_escape, orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
+
 
 def record_hash(record: dict[str, Any]) -> str:
     body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(canonical(body)).hexdigest()
 
 
 class AuditLog:
@@ -50,7 +71,10 @@ class AuditLog:
 
     def _open(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            # Forget the number before anything can fail: the kernel reuses it at once (for a
+            # client's socket), and a second close would cut that connection.
+            fd, self._fd, self._ino = self._fd, -1, -1
+            os.close(fd)
         self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._ino = os.fstat(self._fd).st_ino
 
@@ -59,7 +83,7 @@ class AuditLog:
             ino = os.stat(self._path).st_ino
         except FileNotFoundError:
             ino = -1
-        if ino != self._ino:
+        if self._fd < 0 or ino != self._ino:
             self._open()
 
     def _read_head(self) -> tuple[int, str]:
@@ -83,7 +107,7 @@ class AuditLog:
             record["prev"] = prev
             digest = record_hash(record)
             record["hash"] = digest
-            os.write(self._fd, orjson.dumps(record, option=orjson.OPT_SORT_KEYS) + b"\n")
+            os.write(self._fd, canonical(record) + b"\n")
             head = f"{seq + 1} {digest}".encode().ljust(100)
             os.pwrite(self._head_fd, head, 0)
         finally:
@@ -116,11 +140,18 @@ def verify_lines(
         if not raw.strip():
             return VerifyResult(False, count, f"line {lineno}: empty line")
         try:
-            record = json.loads(raw)
-        except ValueError:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             return VerifyResult(False, count, f"line {lineno}: not JSON")
         if not isinstance(record, dict) or not {"seq", "prev", "hash"} <= record.keys():
             return VerifyResult(False, count, f"line {lineno}: not an audit record")
+        if raw != canonical(record) + b"\n":
+            return VerifyResult(
+                False,
+                count,
+                f"line {lineno}: not in canonical form (duplicate or reordered keys, "
+                "whitespace or escapes changed): readers may see other values than the hash covers",
+            )
         if record_hash(record) != record["hash"]:
             return VerifyResult(
                 False, count, f"line {lineno}: content does not match its hash (edited)"
@@ -176,7 +207,7 @@ def verify_files(paths: list[Path], allow_continuation: bool = False) -> VerifyR
             prev_hash = result.last_hash
             with open_log(path) as fh:
                 last = fh.readlines()[-1]
-            prev_seq = json.loads(last)["seq"]
+            prev_seq = orjson.loads(last)["seq"]
         cut = head is not None and prev_seq is not None and head[0] >= prev_seq
         if cut and (head[0] > prev_seq or head[1] != prev_hash):  # type: ignore[index,operator]
             return VerifyResult(

@@ -11,10 +11,11 @@ from fastapi import Depends, Request
 from . import metrics
 from .errors import ApiError
 from .settings import EndpointClass
-from .tokens import TokenError
+from .tokens import Claims, TokenError
 
 if TYPE_CHECKING:
     from .services import Services
+    from .users import User
 
 PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": frozenset(
@@ -39,6 +40,14 @@ class Principal:
 def unauthorized(reason: str, message: str = "missing or invalid access token") -> ApiError:
     metrics.AUTH_FAILURES.labels(reason).inc()
     return ApiError(401, message, headers=_CHALLENGE)
+
+
+def _current(claims: Claims, user: User) -> bool:
+    """Issued under the user's current token generation (replaced by every password or role
+    change). Tokens from before generations existed fall back to the whole-second stamp."""
+    if claims.gen is not None:
+        return hmac.compare_digest(claims.gen, user.token_generation)
+    return claims.iat >= user.tokens_valid_after
 
 
 def require(
@@ -73,7 +82,7 @@ def require(
         if user is None:
             info.detail = "unknown_user"
             raise unauthorized("unknown_user")
-        if user.role != claims.role or claims.iat < user.tokens_valid_after:
+        if user.role != claims.role or not _current(claims, user):
             info.detail = "stale_token"
             raise unauthorized("stale_token")
         info.user, info.role = claims.sub, claims.role

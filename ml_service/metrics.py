@@ -49,6 +49,13 @@ AUTH_FAILURES = Counter(
 RATE_LIMITED = Counter(
     "ml_api_rate_limited_total", "Requests refused by a rate limit", ["endpoint_class"]
 )
+AUDIT_WRITE_FAILURES = Counter(
+    "ml_api_audit_write_failures_total",
+    "Audit records that could not be written (their requests were answered 503)",
+)
+LOGIN_HASHES = Counter(
+    "ml_api_login_hashes_total", "Password verifications (argon2) run by POST /token"
+)
 REDIS_UP = Gauge(
     "ml_api_redis_up",
     "1 when Redis answers (minimum over live workers)",
@@ -63,9 +70,14 @@ MODEL_INFO = Gauge(
 
 _request_children: dict[tuple[str, str, int], object] = {}
 _duration_children: dict[str, object] = {}
+# Label values come from fixed sets only: a client-chosen method (PROPFIND, MKCOL, ...) must
+# not open a new series. Routes are templates or "unmatched"; statuses are what the app sends.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    if method not in METHODS:
+        method = "other"
     key = (route, method, status)
     child = _request_children.get(key)
     if child is None:

@@ -2,8 +2,13 @@
 
 It gives the request an id, enforces the body size limit (413, also for chunked
 bodies), adds the request id, rate-limit and security headers to the response,
-records metrics and writes the audit record, and turns anything unexpected into
-a JSON 500 instead of a stack trace.
+records metrics, and turns anything unexpected into a JSON 500 instead of a
+stack trace.
+
+The audit record is written when the response starts, before any of it is sent:
+if it cannot be written the client gets a 503 instead of the response (nothing
+is served unaudited). The one exception is Prometheus's scrape with the scrape
+token: it carries the counter that raises the alert, and holds no request data.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
 from .audit import AuditLog
+from .auth import SCRAPER
 from .errors import error_body_bytes
 from .logs import request_id_var
 
@@ -42,6 +48,7 @@ _STATIC_HEADERS = [
     (b"cache-control", b"no-store"),
     (b"x-content-type-options", b"nosniff"),
 ]
+_AUDIT_FAILED = "the audit log cannot be written; the request was not served"
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -88,22 +95,37 @@ class ServiceMiddleware:
         scope["ml"] = info
         status = 500
         response_started = False
+        audited = False
+        # After a failed audit write the app's own response is dropped, part by part.
+        dropping = False
         max_body = self.max_body
 
+        def extra_headers() -> list[tuple[bytes, bytes]]:
+            headers = [(b"x-request-id", request_id.encode()), *_STATIC_HEADERS]
+            if info.ratelimit is not None:
+                limit, remaining, reset, period = info.ratelimit
+                headers.append((b"ratelimit-limit", str(limit).encode()))
+                headers.append((b"ratelimit-remaining", str(remaining).encode()))
+                headers.append((b"ratelimit-reset", str(reset).encode()))
+                headers.append((b"ratelimit-policy", f"{limit};w={int(period)}".encode()))
+            return headers
+
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, audited, dropping
+            if dropping:
+                return
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
+                audited = True
+                written = self._audit(scope, info, status, time.perf_counter() - started)
+                if not written and info.user != SCRAPER:
+                    dropping = True
+                    status = 503
+                    await _send_error(send, 503, _AUDIT_FAILED, extra_headers())
+                    return
                 headers = list(message.get("headers", ()))
-                headers.append((b"x-request-id", request_id.encode()))
-                headers.extend(_STATIC_HEADERS)
-                if info.ratelimit is not None:
-                    limit, remaining, reset, period = info.ratelimit
-                    headers.append((b"ratelimit-limit", str(limit).encode()))
-                    headers.append((b"ratelimit-remaining", str(remaining).encode()))
-                    headers.append((b"ratelimit-reset", str(reset).encode()))
-                    headers.append((b"ratelimit-policy", f"{limit};w={int(period)}".encode()))
+                headers.extend(extra_headers())
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -130,16 +152,15 @@ class ServiceMiddleware:
                 await _send_error(send_wrapper, 500, "internal error")
         finally:
             elapsed = time.perf_counter() - started
-            route_obj = scope.get("route")
-            route = getattr(route_obj, "path", None) or "unmatched"
-            metrics.observe_request(route, scope["method"], status, elapsed)
-            self._audit(scope, info, route, status, elapsed)
+            if not audited:  # no response was started (the client went away)
+                self._audit(scope, info, status, elapsed)
+            metrics.observe_request(_route(scope), scope["method"], status, elapsed)
             request_id_var.reset(token)
 
-    def _audit(
-        self, scope: Scope, info: RequestInfo, route: str, status: int, elapsed: float
-    ) -> None:
+    def _audit(self, scope: Scope, info: RequestInfo, status: int, elapsed: float) -> bool:
+        """Write the request's record; False (logged, counted) when it cannot be written."""
         client = scope.get("client")
+        route = _route(scope)
         record: dict[str, Any] = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "request_id": info.request_id,
@@ -158,7 +179,14 @@ class ServiceMiddleware:
         try:
             self.audit.write(record)
         except OSError as exc:
-            log.error("audit log write failed: %s", exc.strerror)
+            metrics.AUDIT_WRITE_FAILURES.inc()
+            log.error("audit log write failed: %s", exc.strerror or exc.__class__.__name__)
+            return False
+        return True
+
+
+def _route(scope: Scope) -> str:
+    return getattr(scope.get("route"), "path", None) or "unmatched"
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -171,16 +199,21 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_error(send: Send, status: int, message: str) -> None:
+async def _send_error(
+    send: Send, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = error_body_bytes(status, message)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if status == 503:
+        headers.append((b"retry-after", b"5"))
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
+            "headers": headers + (extra or []),
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -1,7 +1,7 @@
 """Everything the service keeps in Redis, each operation one round trip.
 
 * rate limits (GCRA) and the revoked-token check in one Lua script per request;
-* failed-login counters per user name and per client IP;
+* login attempts per user name and per client IP (reserved before hashing);
 * the ``jti`` denylist (sorted set scored by token expiry);
 * request id -> predicted classes for ``POST /feedback`` (any worker can take the feedback).
 
@@ -57,18 +57,33 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl_ms)
 return {1, 0, math.floor((period - (new_tat - now)) / interval), string.format('%d', new_tat - now)}
 """
 
-_LOGIN_CHECK_LUA = """
+# One attempt reserved atomically before the password is hashed: refused (the wait in ms)
+# while either counter is at its limit, else counted at once. A burst can therefore not
+# pass the check before the first failures are counted. KEYS: per user name, per address.
+_LOGIN_RESERVE_LUA = """
 local u = tonumber(redis.call('GET', KEYS[1]) or '0')
 local i = tonumber(redis.call('GET', KEYS[2]) or '0')
 local wait = 0
 if u >= tonumber(ARGV[1]) then wait = math.max(wait, redis.call('PTTL', KEYS[1])) end
 if i >= tonumber(ARGV[2]) then wait = math.max(wait, redis.call('PTTL', KEYS[2])) end
-return wait
+if wait ~= 0 then return math.max(wait, 1) end
+for _, k in ipairs(KEYS) do
+  if redis.call('INCR', k) == 1 then redis.call('PEXPIRE', k, ARGV[3]) end
+end
+return 0
 """
 
-_LOGIN_FAIL_LUA = """
+# A successful login: the name's counter starts over, the address gets its attempt back.
+_LOGIN_REFUND_LUA = """
+redis.call('DEL', KEYS[1])
+if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
+return 1
+"""
+
+# An attempt reserved but never hashed (the hash queue was full): both counters get it back.
+_LOGIN_RELEASE_LUA = """
 for _, k in ipairs(KEYS) do
-  if redis.call('INCR', k) == 1 then redis.call('PEXPIRE', k, ARGV[1]) end
+  if tonumber(redis.call('GET', k) or '0') > 0 then redis.call('DECR', k) end
 end
 return 1
 """
@@ -178,8 +193,9 @@ class RedisState:
         self._fail_ip = f"{p}:loginfail:ip:"
         self._pred = f"{p}:pred:"
         self._authorize = self.client.register_script(_AUTHORIZE_LUA)
-        self._login_check = self.client.register_script(_LOGIN_CHECK_LUA)
-        self._login_fail = self.client.register_script(_LOGIN_FAIL_LUA)
+        self._login_reserve = self.client.register_script(_LOGIN_RESERVE_LUA)
+        self._login_refund = self.client.register_script(_LOGIN_REFUND_LUA)
+        self._login_release = self.client.register_script(_LOGIN_RELEASE_LUA)
         self._revoke = self.client.register_script(_REVOKE_LUA)
         self._feedback = self.client.register_script(_FEEDBACK_LUA)
         self._remember_script = self.client.register_script(_REMEMBER_LUA)
@@ -276,27 +292,30 @@ class RedisState:
             math.ceil(int(reset_us) / 1_000_000),
         )
 
-    async def login_wait_ms(self, username: str, ip: str) -> int:
+    def _login_keys(self, username: str, ip: str) -> list[str]:
+        return [self._fail_user + username, self._fail_ip + ip]
+
+    async def login_reserve(self, username: str, ip: str) -> int:
+        """Reserve one login attempt: 0 when reserved, else the ms until one is allowed."""
         s = self._settings
         return int(
             await self._call(
-                self._login_check(
-                    keys=[self._fail_user + username, self._fail_ip + ip],
-                    args=[s.login_max_failures_per_user, s.login_max_failures_per_ip],
+                self._login_reserve(
+                    keys=self._login_keys(username, ip),
+                    args=[
+                        s.login_max_failures_per_user,
+                        s.login_max_failures_per_ip,
+                        s.login_failure_window_seconds * 1000,
+                    ],
                 )
             )
         )
 
-    async def login_failed(self, username: str, ip: str) -> None:
-        await self._call(
-            self._login_fail(
-                keys=[self._fail_user + username, self._fail_ip + ip],
-                args=[self._settings.login_failure_window_seconds * 1000],
-            )
-        )
+    async def login_succeeded(self, username: str, ip: str) -> None:
+        await self._call(self._login_refund(keys=self._login_keys(username, ip), args=[]))
 
-    async def login_succeeded(self, username: str) -> None:
-        await self._call(self.client.delete(self._fail_user + username))
+    async def login_not_attempted(self, username: str, ip: str) -> None:
+        await self._call(self._login_release(keys=self._login_keys(username, ip), args=[]))
 
     async def revoke(self, jti: str, exp: int) -> None:
         await self._call(self._revoke(keys=[self._revoked], args=[jti, exp, time.time()]))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import anyio
 import orjson
 from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
@@ -15,11 +14,13 @@ from .errors import ApiError
 from .openapi import errors
 from .redis_state import RedisUnavailable
 from .schemas import RevokeResponse, TokenResponse
-from .services import Services
+from .services import HashQueueFull, Services
+from .users import audit_name
 
 router = APIRouter(tags=["auth"])
 
 _UNAVAILABLE = "the token service is temporarily unavailable"
+_BUSY = "too many logins in progress; try again in a moment"
 
 
 def _json(data: object) -> Response:
@@ -39,14 +40,16 @@ async def token(
 ) -> Response:
     services: Services = request.app.state.services
     info = request.scope["ml"]
-    info.user = username
+    # A password typed into the name field must not reach the audit log as typed.
+    info.user = audit_name(username, services.tokens.name_key)
     client = request.scope.get("client")
     ip = client[0] if client else "unknown"
     redis = services.redis
     if not redis.up:
         raise ApiError(503, _UNAVAILABLE, headers={"Retry-After": "5"})
     try:
-        wait_ms = await redis.login_wait_ms(username, ip)
+        # Reserved (counted) before hashing: a burst cannot pass the check all at once.
+        wait_ms = await redis.login_reserve(username, ip)
         if wait_ms > 0:
             metrics.AUTH_FAILURES.labels("throttled").inc()
             info.detail = "login throttled"
@@ -55,17 +58,20 @@ async def token(
                 "too many failed logins; try again later",
                 headers={"Retry-After": str(max(1, -(-wait_ms // 1000)))},
             )
-        user = await anyio.to_thread.run_sync(
-            services.users.authenticate, username, password, limiter=services.hash_limiter
-        )
+        try:
+            user = await services.hashes.run(services.users.authenticate, username, password)
+        except HashQueueFull:
+            await redis.login_not_attempted(username, ip)
+            metrics.AUTH_FAILURES.labels("busy").inc()
+            info.detail = "login queue full"
+            raise ApiError(503, _BUSY, headers={"Retry-After": "1"}) from None
         if user is None:
-            await redis.login_failed(username, ip)
             info.detail = "bad credentials"
             raise unauthorized("bad_credentials", "invalid user name or password")
-        await redis.login_succeeded(username)
+        await redis.login_succeeded(username, ip)
     except RedisUnavailable:
         raise ApiError(503, _UNAVAILABLE, headers={"Retry-After": "5"}) from None
-    access_token, claims = services.tokens.issue(user.name, user.role)
+    access_token, claims = services.tokens.issue(user.name, user.role, user.token_generation)
     info.role = user.role
     return _json(
         {

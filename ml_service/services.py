@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import anyio
 
@@ -26,9 +28,34 @@ from .tokens import TokenService
 from .users import UserStore, make_hasher
 
 log = logging.getLogger("ml_service")
+T = TypeVar("T")
 
 # argon2 with 64 MiB per hash: a bound on concurrent hashes is a bound on memory.
 _MAX_CONCURRENT_HASHES = 4
+
+
+class HashQueueFull(Exception):
+    pass
+
+
+class HashQueue:
+    """Password hashes of one worker: ``running`` at once, at most ``waiting`` queued behind
+    them; a login beyond that is refused at once instead of queueing without bound."""
+
+    def __init__(self, running: int, waiting: int) -> None:
+        self._limiter = anyio.CapacityLimiter(running)
+        self._capacity = running + waiting
+        self._inside = 0  # only the event loop's thread touches it
+
+    async def run(self, func: Callable[..., T], *args: object) -> T:
+        if self._inside >= self._capacity:
+            raise HashQueueFull
+        self._inside += 1
+        try:
+            metrics.LOGIN_HASHES.inc()
+            return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+        finally:
+            self._inside -= 1
 
 
 def model_info_body(model: LoadedModel) -> dict[str, object]:
@@ -61,7 +88,7 @@ class Services:
             on_integrity_failure=self._integrity_failure,
         )
         self.monitor = PredictionMonitor(feedback_window=settings.feedback_window)
-        self.hash_limiter = anyio.CapacityLimiter(_MAX_CONCURRENT_HASHES)
+        self.hashes = HashQueue(_MAX_CONCURRENT_HASHES, settings.login_hash_queue)
         self._tasks: list[asyncio.Task[None]] = []
 
     def _integrity_failure(self, version: str, reason: str) -> None:

@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     login_max_failures_per_user: Annotated[int, Field(ge=1, le=1000)] = 5
     login_max_failures_per_ip: Annotated[int, Field(ge=1, le=100_000)] = 50
     login_failure_window_seconds: Annotated[int, Field(ge=10, le=86_400)] = 900
+    # Logins waiting for one of a worker's 4 password hashes; beyond that: 503 at once.
+    login_hash_queue: Annotated[int, Field(ge=0, le=1000)] = 16
     argon2_time_cost: Annotated[int, Field(ge=2, le=20)] = 3
     argon2_memory_kib: Annotated[int, Field(ge=19_456, le=2_097_152)] = 65_536
     argon2_parallelism: Annotated[int, Field(ge=1, le=16)] = 4
@@ -157,11 +159,23 @@ class Settings(BaseSettings):
         return getattr(role_limits, endpoint_class)
 
 
+def _refuse_if_shared(mode: int, path: Path, variable: str) -> None:
+    if mode & 0o077:
+        raise ConfigError(
+            f"{variable}: {path} is accessible by group or others (mode "
+            f"{stat.S_IMODE(mode):04o}); a secret file must be 0600 or 0400"
+        )
+
+
 def read_secret(path: Path, variable: str) -> str:
     try:
-        value = path.read_text(encoding="utf-8").strip()
+        with path.open("rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            raw = fh.read(64 * 1024)
     except OSError as exc:
         raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror}") from exc
+    _refuse_if_shared(mode, path, variable)
+    value = raw.decode("utf-8", "replace").strip()
     if not value:
         raise ConfigError(f"{variable}: {path} is empty")
     return value
@@ -191,8 +205,10 @@ def _check_private_file(path: Path, variable: str, problems: list[str]) -> None:
     except OSError as exc:
         problems.append(f"{variable}: cannot read {path}: {exc.strerror}")
         return
-    if mode & stat.S_IWOTH:
-        problems.append(f"{variable}: {path} is world-writable")
+    try:
+        _refuse_if_shared(mode, path, variable)
+    except ConfigError as exc:
+        problems.append(str(exc))
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:

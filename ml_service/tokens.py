@@ -3,10 +3,17 @@
 Why ES256 and not HS256: the API only needs the private key to *sign*; every
 other party that checks tokens (a second service, the smoke test, an operator)
 gets the public key only, so a leaked verification key cannot mint tokens.
-python-jose has no EdDSA, so ECDSA P-256 it is. The key id (``kid``) is derived
+ES256 is the asymmetric algorithm every JWT library and client has. The
+library is PyJWT on ``cryptography`` (python-jose pulled in ``ecdsa``, whose
+timing side channel CVE-2024-23342 has no fix). The key id (``kid``) is derived
 from the public key, so the same key always has the same id and rotation is:
 generate a new pair, point the signing key at it, keep the old ``.pub`` in the
 verification directory for one token lifetime, then delete it.
+
+Every token carries ``gen``, the user's token generation from the users file
+(a random value replaced by every password or role change): a token whose
+generation is not the user's current one is stale, even one issued in the same
+second as the change.
 """
 
 from __future__ import annotations
@@ -19,11 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from jose import jwt
-from jose.backends.cryptography_backend import CryptographyECKey
-from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
 
 from .settings import ROLES, ConfigError, Settings
 
@@ -48,6 +53,21 @@ class Claims:
     iat: int
     nbf: int
     exp: int
+    # The user's token generation at issue; None only in tokens minted before it existed.
+    gen: str | None = None
+
+
+# PyJWT exception -> reason (most specific first: several derive from others).
+_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.ImmatureSignatureError, "not_yet_valid"),
+    (jwt.InvalidAudienceError, "bad_audience"),
+    (jwt.InvalidIssuerError, "bad_issuer"),
+    (jwt.MissingRequiredClaimError, "missing_claim"),
+    (jwt.InvalidSignatureError, "bad_signature"),
+    (jwt.InvalidAlgorithmError, "bad_algorithm"),
+    (jwt.DecodeError, "malformed"),
+)
 
 
 def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
@@ -112,24 +132,26 @@ class TokenService:
         self._settings = settings
         private = _load_private(settings.jwt_signing_key_file)
         self.signing_kid = key_id(private.public_key())
-        self._signing_key = CryptographyECKey(private, ALGORITHM)
-        self._verify_keys: dict[str, CryptographyECKey] = {
-            self.signing_kid: CryptographyECKey(private.public_key(), ALGORITHM)
+        self._signing_key = private
+        self._verify_keys: dict[str, ec.EllipticCurvePublicKey] = {
+            self.signing_kid: private.public_key()
         }
         if settings.jwt_verify_keys_dir is not None:
             for pub in sorted(settings.jwt_verify_keys_dir.glob("*.pub")):
                 public = _load_public(pub)
-                self._verify_keys[key_id(public)] = CryptographyECKey(public, ALGORITHM)
-        self._options = {
-            "require_exp": True,
-            "require_iat": True,
-            "require_nbf": True,
-            "require_iss": True,
-            "require_aud": True,
-            "require_sub": True,
-            "require_jti": True,
-            "leeway": settings.jwt_leeway_seconds,
+                self._verify_keys[key_id(public)] = public
+        self._options: jwt.types.Options = {
+            "require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"],
         }
+        # Key of the keyed hash that stands in the audit log for a login name that is not a
+        # valid user name (it may be a password typed into the wrong field); derived from the
+        # signing key so every worker and host of one deployment writes the same value.
+        der = private.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        self.name_key = hashlib.sha256(b"ml-service audit name\0" + der).digest()
         # token string -> claims, for tokens whose signature and claims already checked out;
         # time-based claims and the denylist are still checked on every use.
         self._cache: dict[str, Claims] = {}
@@ -138,7 +160,7 @@ class TokenService:
     def key_ids(self) -> list[str]:
         return sorted(self._verify_keys)
 
-    def issue(self, username: str, role: str) -> tuple[str, Claims]:
+    def issue(self, username: str, role: str, generation: str) -> tuple[str, Claims]:
         now = int(time.time())
         claims = Claims(
             sub=username,
@@ -147,6 +169,7 @@ class TokenService:
             iat=now,
             nbf=now,
             exp=now + self._settings.access_token_ttl_seconds,
+            gen=generation,
         )
         payload = {
             "iss": self._settings.jwt_issuer,
@@ -157,6 +180,7 @@ class TokenService:
             "iat": claims.iat,
             "nbf": claims.nbf,
             "exp": claims.exp,
+            "gen": claims.gen,
         }
         token = jwt.encode(
             payload, self._signing_key, algorithm=ALGORITHM, headers={"kid": self.signing_kid}
@@ -185,10 +209,13 @@ class TokenService:
             raise TokenError("oversized")
         try:
             header = jwt.get_unverified_header(token)
-        except JWTError:
+        except jwt.DecodeError:
             raise TokenError("malformed") from None
-        alg = header.get("alg")
-        if alg not in ALLOWED_ALGORITHMS:
+        except jwt.InvalidTokenError:  # PyJWT refuses a header whose kid is not a string
+            raise TokenError("unknown_kid") from None
+        # The allow-list is checked on the header before any key is chosen: "none", HS256
+        # with the public key as secret and the like never reach a verifier.
+        if header.get("alg") not in ALLOWED_ALGORITHMS:
             raise TokenError("bad_algorithm")
         kid = header.get("kid")
         key = self._verify_keys.get(kid) if isinstance(kid, str) else None
@@ -201,32 +228,15 @@ class TokenService:
                 algorithms=[ALGORITHM],
                 audience=self._settings.jwt_audience,
                 issuer=self._settings.jwt_issuer,
+                leeway=self._settings.jwt_leeway_seconds,
                 options=self._options,
             )
-        except ExpiredSignatureError:
-            raise TokenError("expired") from None
-        except JWTClaimsError as exc:
-            raise TokenError(_claims_reason(str(exc))) from None
-        except JWTError as exc:
-            text = str(exc)
-            if "missing required key" in text:
-                raise TokenError("missing_claim") from None
-            if "Signature verification failed" in text:
-                raise TokenError("bad_signature") from None
-            raise TokenError("malformed") from None
+        except jwt.InvalidTokenError as exc:
+            reason = next((r for cls, r in _REASONS if isinstance(exc, cls)), "bad_claims")
+            raise TokenError(reason) from None
         except (ValueError, TypeError):
             raise TokenError("malformed") from None
         return _claims_from(payload, self._settings.jwt_leeway_seconds)
-
-
-def _claims_reason(message: str) -> str:
-    if "audience" in message:
-        return "bad_audience"
-    if "issuer" in message:
-        return "bad_issuer"
-    if "not yet valid" in message:
-        return "not_yet_valid"
-    return "bad_claims"
 
 
 def _claims_from(payload: dict[str, object], leeway: int) -> Claims:
@@ -242,8 +252,11 @@ def _claims_from(payload: dict[str, object], leeway: int) -> Claims:
         if not isinstance(number, int) or isinstance(number, bool):
             raise TokenError("bad_claims")
         numbers[name] = number
+    gen = payload.get("gen")
+    if gen is not None and (not isinstance(gen, str) or not gen or len(gen) > 64):
+        raise TokenError("bad_claims")
     if texts["role"] not in ROLES:
         raise TokenError("bad_claims")
     if numbers["iat"] > time.time() + leeway:
         raise TokenError("not_yet_valid")
-    return Claims(**texts, **numbers)  # type: ignore[arg-type]
+    return Claims(**texts, **numbers, gen=gen)  # type: ignore[arg-type]

@@ -12,6 +12,13 @@ Layout (``<model_dir>/<name>/<version>/``)::
 ``manifest.json``. Verification reads every file once into memory, checks the
 signature and each hash on those bytes, and hands the same bytes to the
 unpickler, so a file swapped between check and load cannot slip through.
+
+Until the signature checks out, everything in the directory is hostile: the
+directory and each file are opened relative to the directory's descriptor,
+without following symbolic links, non-blocking (a FIFO cannot hang the worker),
+and only regular files are read, each up to a size cap (64 KiB for the manifest
+and the signature). Any exception while verifying refuses the version
+(``verification_error``) instead of escaping to the caller.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +50,8 @@ MANIFEST_FORMAT_VERSION = 1
 SIGNATURE_ALGORITHM = "Ed25519"
 REQUIRED_FILES = (MODEL_FILE, METADATA_FILE)
 MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_MANIFEST_BYTES = 64 * 1024
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # Versions are UTC timestamps, second resolution, with an optional ".N" suffix when
 # two versions are written within the same second: 20261127T153000Z, 20261127T153000Z.1
@@ -63,6 +73,7 @@ R_UNEXPECTED_FILE = "unexpected_file"
 R_BAD_METADATA = "malformed_metadata"
 R_LOAD_FAILED = "load_failed"
 R_NOT_A_DIRECTORY = "missing_directory"
+R_VERIFY_ERROR = "verification_error"
 
 
 def is_valid_version(version: str) -> bool:
@@ -187,11 +198,23 @@ class VerifiedArtifact:
         return {n: str(e["sha256"]) for n, e in self.manifest["files"].items()}
 
 
-def _read_limited(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        data = fh.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise OSError(f"{path.name} larger than {MAX_FILE_BYTES} bytes")
+class UnsafeFile(OSError):
+    """Not a regular file, or larger than its cap: refused without reading it."""
+
+
+def _read_limited(dir_fd: int, name: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """Read the regular file ``name`` of the directory ``dir_fd``: no symlink, no FIFO or
+    device (opened non-blocking, so opening one cannot hang), at most ``limit`` bytes."""
+    fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFile(f"{name} is not a regular file")
+        if st.st_size > limit:
+            raise UnsafeFile(f"{name} larger than {limit} bytes")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise UnsafeFile(f"{name} larger than {limit} bytes")
     return data
 
 
@@ -199,20 +222,42 @@ def verify_artifact(
     version_dir: Path, name: str, version: str, trusted: TrustedKeys
 ) -> VerifiedArtifact:
     """Check signature, identity and every file hash; raise ModelIntegrityError otherwise."""
+    try:
+        dir_fd = os.open(version_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ModelIntegrityError(
+            version,
+            R_NOT_A_DIRECTORY,
+            f"{version_dir} is not a directory (symbolic links are not followed): {exc.strerror}",
+        ) from None
+    try:
+        return _verify_in(dir_fd, version_dir, name, version, trusted)
+    except ModelIntegrityError:
+        raise
+    except Exception as exc:
+        # Hostile bytes (deep nesting, odd types, ...) refuse this version; they must never
+        # crash or stall the worker that looked at them.
+        raise ModelIntegrityError(
+            version, R_VERIFY_ERROR, f"verification failed: {exc.__class__.__name__}"
+        ) from None
+    finally:
+        os.close(dir_fd)
 
+
+def _verify_in(
+    dir_fd: int, version_dir: Path, name: str, version: str, trusted: TrustedKeys
+) -> VerifiedArtifact:
     def fail(reason: str, detail: str) -> ModelIntegrityError:
         return ModelIntegrityError(version, reason, detail)
 
-    if not version_dir.is_dir():
-        raise fail(R_NOT_A_DIRECTORY, f"{version_dir} is not a directory")
     try:
-        manifest_bytes = _read_limited(version_dir / MANIFEST_FILE)
+        manifest_bytes = _read_limited(dir_fd, MANIFEST_FILE, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise fail(R_MISSING_MANIFEST, f"{MANIFEST_FILE} is missing") from None
     except OSError as exc:
         raise fail(R_MISSING_MANIFEST, f"{MANIFEST_FILE} unreadable: {exc}") from None
     try:
-        sig_bytes = _read_limited(version_dir / SIGNATURE_FILE)
+        sig_bytes = _read_limited(dir_fd, SIGNATURE_FILE, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise fail(R_MISSING_SIGNATURE, f"{SIGNATURE_FILE} is missing") from None
     except OSError as exc:
@@ -228,7 +273,7 @@ def verify_artifact(
         if not isinstance(kid, str):
             raise ValueError("key_id must be a string")
         signature = base64.b64decode(sig_doc["signature"], validate=True)
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
         raise fail(R_BAD_SIGNATURE_FORMAT, f"{SIGNATURE_FILE}: {exc}") from None
     if kid not in trusted.keys:
         raise fail(R_UNTRUSTED_KEY, f"signed by key {kid}, which is not in the trusted keys")
@@ -269,14 +314,14 @@ def verify_artifact(
     if manifest.get("signing_key_id") != kid:
         raise fail(R_IDENTITY, "manifest signing_key_id differs from the signature's key_id")
 
-    present = {p.name for p in version_dir.iterdir()}
+    present = set(os.listdir(dir_fd))
     unexpected = sorted(present - set(expected) - {MANIFEST_FILE, SIGNATURE_FILE})
     if unexpected:
         raise fail(R_UNEXPECTED_FILE, f"files not in the manifest: {', '.join(unexpected)}")
     files: dict[str, bytes] = {}
     for file_name, digest in sorted(expected.items()):
         try:
-            data = _read_limited(version_dir / file_name)
+            data = _read_limited(dir_fd, file_name)
         except OSError as exc:
             raise fail(R_MISSING_FILE, f"{file_name}: {exc}") from None
         actual = sha256_hex(data)

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics
-from .artifact import VerifiedArtifact, is_valid_version, verify_artifact, version_sort_key
+from .artifact import (
+    R_LOAD_FAILED,
+    VerifiedArtifact,
+    is_valid_version,
+    verify_artifact,
+    version_sort_key,
+)
 from .errors import ModelIntegrityError, NoModelError
 from .loaded import LoadedModel, build_loaded_model
 from .signing import TrustedKeys, load_trusted_keys
@@ -248,7 +254,14 @@ class ModelRegistry:
         """Verify, then unpickle. ``report``: "always" (explicit action) or "once"."""
         try:
             artifact = self._verify(version)
-            model = build_loaded_model(artifact, allow_fast=self.allow_fast)
+            try:
+                model = build_loaded_model(artifact, allow_fast=self.allow_fast)
+            except ModelIntegrityError:
+                raise
+            except Exception as exc:  # a refusal of this version, never a crash of the caller
+                raise ModelIntegrityError(
+                    version, R_LOAD_FAILED, f"building failed: {exc.__class__.__name__}"
+                ) from None
         except ModelIntegrityError as exc:
             if report == "always" or self._open_problems.get(version) != exc.reason:
                 self._report(version, exc.reason, exc.detail)

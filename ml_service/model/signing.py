@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 log = logging.getLogger("ml_service.model")
 
 PUBLIC_KEY_SUFFIX = ".pub"
+_MAX_KEY_BYTES = 64 * 1024
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -94,6 +96,18 @@ class TrustedKeys:
         return True
 
 
+def _read_key_file(path: Path) -> bytes:
+    # Non-blocking and regular files only: a FIFO among the keys must not hang the loader.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = fh.read(_MAX_KEY_BYTES + 1)
+    if len(data) > _MAX_KEY_BYTES:
+        raise ValueError(f"larger than {_MAX_KEY_BYTES} bytes")
+    return data
+
+
 def _dir_stamp(directory: Path) -> tuple[tuple[str, int, int], ...]:
     try:
         entries = sorted(directory.glob(f"*{PUBLIC_KEY_SUFFIX}"))
@@ -118,7 +132,7 @@ def load_trusted_keys(directory: Path, previous: TrustedKeys | None = None) -> T
     for name, _, _ in stamp:
         path = directory / name
         try:
-            key = load_public_key(path.read_bytes())
+            key = load_public_key(_read_key_file(path))
         except (OSError, ValueError) as exc:
             log.warning("ignoring trusted key file %s: %s", path, exc)
             continue

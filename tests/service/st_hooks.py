@@ -13,8 +13,8 @@ import os
 import secrets
 import time
 
+import jwt
 import schemathesis
-from jose import jwt
 
 _KEY = open(os.environ["ST_SIGNING_KEY"]).read()  # noqa: SIM115
 _KID = os.environ["ST_KID"]

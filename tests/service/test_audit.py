@@ -64,7 +64,8 @@ def test_edited_line_with_recomputed_hash_fails(log_file: Path) -> None:
     record = json.loads(lines[4])
     record["status"] = 403
     record["hash"] = record_hash(record)
-    lines[4] = json.dumps(record)
+    # written in the canonical form, so that only the chain link can give it away
+    lines[4] = json.dumps(record, sort_keys=True, separators=(",", ":"))
     log_file.write_text("\n".join(lines) + "\n")
     code, out = _verify(log_file)
     assert code == 1 and "line 6" in out

@@ -49,6 +49,7 @@ def test_nothing_configured(deployment: Deployment) -> None:
 def _weak(tmp_path: Path, value: str) -> str:
     path = tmp_path / "weak"
     path.write_text(value)
+    path.chmod(0o600)  # weak, but not also readable by others (a refusal of its own)
     return str(path)
 
 
@@ -84,6 +85,7 @@ def test_bad_configuration_is_refused(
                     serialization.NoEncryption(),
                 )
             )
+            key_path.chmod(0o600)
             value = str(key_path)
         env[key] = value
     code, out = check(env)
