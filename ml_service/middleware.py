@@ -9,6 +9,7 @@ a JSON 500 instead of a stack trace.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -72,10 +73,13 @@ def _outcome(status: int) -> str:
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, audit: AuditLog) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, audit: AuditLog, expose_worker_id: bool = False
+    ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.audit = audit
+        self.expose_worker_id = expose_worker_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,6 +102,8 @@ class ServiceMiddleware:
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", request_id.encode()))
                 headers.extend(_STATIC_HEADERS)
+                if self.expose_worker_id:
+                    headers.append((b"x-worker-id", str(os.getpid()).encode()))
                 if info.ratelimit is not None:
                     limit, remaining, reset, period = info.ratelimit
                     headers.append((b"ratelimit-limit", str(limit).encode()))
