@@ -53,7 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(build_router(services.models))
     app.include_router(ops_router)
     app.add_middleware(
-        ServiceMiddleware, max_body_bytes=settings.max_body_bytes, audit=services.audit
+        ServiceMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        audit=services.audit,
+        expose_worker_id=settings.expose_worker_id,
     )
     _declare_bearer_auth(app)
     return app

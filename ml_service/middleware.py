@@ -14,6 +14,7 @@ token: it carries the counter that raises the alert, and holds no request data.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -79,10 +80,13 @@ def _outcome(status: int) -> str:
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, audit: AuditLog) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, audit: AuditLog, expose_worker_id: bool = False
+    ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.audit = audit
+        self.expose_worker_id = expose_worker_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,6 +106,8 @@ class ServiceMiddleware:
 
         def extra_headers() -> list[tuple[bytes, bytes]]:
             headers = [(b"x-request-id", request_id.encode()), *_STATIC_HEADERS]
+            if self.expose_worker_id:
+                headers.append((b"x-worker-id", str(os.getpid()).encode()))
             if info.ratelimit is not None:
                 limit, remaining, reset, period = info.ratelimit
                 headers.append((b"ratelimit-limit", str(limit).encode()))

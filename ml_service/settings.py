@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # Addresses whose X-Forwarded-For is believed (Traefik); passed to uvicorn.
     forwarded_allow_ips: str = "127.0.0.1"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Test suites only: name the answering worker (its pid) in X-Worker-Id, so a test can
+    # check that every worker behaves. Off in production: it tells clients about processes.
+    expose_worker_id: bool = False
 
     # Model
     model_dir: Path

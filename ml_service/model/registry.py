@@ -3,17 +3,21 @@
 ``<model_dir>/<name>/ACTIVE`` is the pointer shared by every worker process: its
 first line is the active version, the following lines the previously active ones
 (most recent first) for ``rollback()``. It is replaced atomically (write a temp
-file, fsync, rename), so a reader sees either the old or the new pointer.
+file, fsync, rename), so a reader sees either the old or the new pointer. Its
+read-modify-write (activate, rollback) holds an exclusive ``flock`` on
+``<model_dir>/<name>/.ACTIVE.lock``: workers are processes, and two of them changing the
+pointer at once would otherwise each start from the same old pointer and lose an update.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ from .signing import TrustedKeys, load_trusted_keys
 log = logging.getLogger("ml_service.model")
 
 POINTER_FILE = "ACTIVE"
+POINTER_LOCK = ".ACTIVE.lock"
 POINTER_HISTORY = 20
 R_CHANGED_ON_DISK = "changed_on_disk"
 
@@ -129,12 +134,18 @@ class ModelRegistry:
     def activate(self, version: str) -> LoadedModel:
         with self._lock:
             model = self._verify_and_build(version, report="always")
-            current = self._active.version if self._active else None
-            history = [v for v in self._read_pointer() if v != version]
-            if current and current != version:
-                history = [current, *[v for v in history if v != current]]
-            self._write_pointer([version, *history])
-            self._set_active(model)
+            with self._pointer_locked():
+                pointed = self._read_pointer()
+                # The shared pointer, not this process's model: another worker may have
+                # changed it since this one last followed.
+                current = (
+                    pointed[0] if pointed else (self._active.version if self._active else None)
+                )
+                history = [v for v in pointed if v != version]
+                if current and current != version:
+                    history = [current, *[v for v in history if v != current]]
+                self._write_pointer([version, *history])
+                self._set_active(model)
             log.info(
                 "activated model %s/%s (previous %s)",
                 self.name,
@@ -145,9 +156,9 @@ class ModelRegistry:
             return model
 
     def rollback(self) -> LoadedModel:
-        with self._lock:
-            current = self._active.version if self._active else None
+        with self._lock, self._pointer_locked():
             pointer = self._read_pointer()
+            current = pointer[0] if pointer else (self._active.version if self._active else None)
             history = [v for v in pointer[1:] if v != current] if pointer else []
             if not history:
                 raise NoModelError(f"model {self.name!r} has no previous version to roll back to")
@@ -380,6 +391,18 @@ class ModelRegistry:
             if line not in versions:
                 versions.append(line)
         return versions
+
+    @contextlib.contextmanager
+    def _pointer_locked(self) -> Iterator[None]:
+        """Exclusive across processes (and, with ``self._lock``, threads) for a pointer
+        read-modify-write. Released when the descriptor closes, also if the process dies."""
+        self.name_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.name_dir / POINTER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _write_pointer(self, versions: list[str]) -> None:
         self.name_dir.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -189,57 +187,7 @@ def test_key_rotation(model_dir: Path, trusted_dir: Path, versions: list[str], t
     assert {v.version: v.status for v in reg.versions()}[rotated_dir.name] == "active"
 
 
-def test_activation_under_concurrent_load_has_zero_failures(
-    model_dir: Path, trusted_dir: Path, versions: list[str]
-):
-    old, new = versions
-    reg = ModelRegistry(model_dir, "iris", trusted_dir)
-    reg.activate(old)
-    reg.activate(new)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    counts = [0] * 8
-    seen_versions: set[str] = set()
-    rng = np.random.default_rng(0)
-    rows = rng.uniform([4.3, 2.0, 1.0, 0.1], [7.9, 4.4, 6.9, 2.5], size=(64, 4))
-
-    def client(i: int) -> None:
-        while not stop.is_set():
-            try:
-                model = reg.active  # what a request handler does: take one reference
-                X = rows[counts[i] % 64 : counts[i] % 64 + 1 + (i % 3)]
-                proba = model.predict_proba(X)
-                assert proba.shape == (X.shape[0], 3)
-                assert np.allclose(proba.sum(axis=1), 1.0)
-                seen_versions.add(model.version)
-                counts[i] += 1
-            except BaseException as exc:
-                errors.append(exc)
-                return
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    swaps = 0
-    try:
-        # A fixed number of swaps (no wall-clock budget: the machine may be loaded), each
-        # one only after the clients made progress, so requests overlap every swap.
-        for _ in range(15):
-            for swap in (reg.rollback, lambda: reg.activate(new)):
-                before = sum(counts)
-                swap()
-                swaps += 1
-                deadline = time.monotonic() + 30
-                while sum(counts) < before + 40 and not errors and time.monotonic() < deadline:
-                    time.sleep(0.001)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert errors == []
-    assert swaps == 30
-    assert sum(counts) >= 30 * 40
-    assert seen_versions == {old, new}
+# Activation under load across worker processes: test_registry_processes.py.
 
 
 def test_in_place_pointer_edit_of_same_length_is_followed(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from workers import EXPOSE_WORKER_ENV, every_worker, fresh, until_every_worker
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORDS = {
@@ -174,17 +175,19 @@ class Server:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    worker_ids: set[str] = field(default_factory=set)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 90.0) -> None:
         env = {
             **os.environ,
             **self.deployment.env(),
             "ML_SERVICE_PORT": str(self.port),
             "ML_SERVICE_WORKERS": str(self.workers),
+            **EXPOSE_WORKER_ENV,
             "PROMETHEUS_MULTIPROC_DIR": str(self.deployment.root / f"metrics-{self.port}"),
         }
         self.log_path = self.deployment.root / f"server-{self.port}.log"
@@ -205,14 +208,23 @@ class Server:
                 )
             try:
                 r = httpx.get(self.url + "/health/ready", timeout=1)
-                if r.status_code == 200:
-                    # every worker must be up: uvicorn starts them in parallel
-                    time.sleep(0.3 * self.workers)
-                    return
             except httpx.HTTPError:
-                pass
+                time.sleep(0.1)
+                continue
+            if r.status_code == 200:
+                break
             time.sleep(0.1)
-        raise TimeoutError(f"server not ready: {self.log_path.read_text()[-3000:]}")
+        else:
+            raise TimeoutError(f"server not ready: {self.log_path.read_text()[-3000:]}")
+        # uvicorn starts its workers in parallel: ready only when each one has answered.
+        self.worker_ids = set(
+            every_worker(
+                lambda: fresh("GET", self.url + "/health/ready", timeout=5),
+                self.workers,
+                lambda r: None,
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
+        )
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -232,6 +244,30 @@ class Server:
         )
         assert r.status_code == 200, r.text
         return str(r.json()["access_token"])
+
+
+def login_on_every_worker(server: Server, user: str, password: str) -> str:
+    """Wait until every worker has re-read the users file (at most once a second) and lets
+    ``user`` log in; return a token."""
+    tokens: list[str] = []
+
+    def login() -> httpx.Response:
+        r = fresh("POST", server.url + "/token", data={"username": user, "password": password})
+        if r.status_code == 200:
+            tokens.append(str(r.json()["access_token"]))
+        return r
+
+    until_every_worker(login, server.workers, lambda r: r.status_code == 200, f"{user} logs in")
+    return tokens[-1]
+
+
+def worker_cpu_seconds(server: Server) -> float:
+    """CPU time (user + system, all threads) the server's workers have used so far."""
+    total = 0
+    for pid in server.worker_ids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def copy_models(src: Path, dst: Path) -> Path:

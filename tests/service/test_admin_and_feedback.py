@@ -8,10 +8,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from service_support import ROW, RedisServer, Server, bearer, make_deployment
+from waiting import wait_until
+from workers import every_worker, fresh, until_every_worker, worker_of
 
 from ml_service.model.testing import SigningKeys
 
@@ -37,25 +40,27 @@ def admin_server(
     server.stop()
 
 
-def _served_versions(server: Server, token: str, n: int = 12) -> set[str]:
-    with httpx.Client(base_url=server.url, limits=httpx.Limits(max_keepalive_connections=0)) as c:
-        return {
-            c.post("/predict", json={"features": ROW}, headers=bearer(token)).json()[
-                "model_version"
-            ]
-            for _ in range(n)
-        }
+def _predict(server: Server, token: str) -> httpx.Response:
+    return fresh("POST", server.url + "/predict", json={"features": ROW}, headers=bearer(token))
 
 
-def _wait_all_serve(server: Server, token: str, version: str, timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    seen: set[str] = set()
-    while time.monotonic() < deadline:
-        seen = _served_versions(server, token)
-        if seen == {version}:
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"workers serve {seen}, expected only {version}")
+def _wait_all_serve(server: Server, token: str, version: str) -> None:
+    """Every worker follows to ``version`` (within its refresh period) and then stays on it."""
+    until_every_worker(
+        lambda: _predict(server, token),
+        server.workers,
+        lambda r: r.json()["model_version"] == version,
+        f"every worker serves {version}",
+    )
+
+    def check(r: httpx.Response) -> None:
+        assert r.json()["model_version"] == version, r.text
+
+    every_worker(lambda: _predict(server, token), server.workers, check)
+
+
+def _audit_records(server: Server) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in server.deployment.audit_log.read_text().splitlines()]
 
 
 def test_list_activate_rollback(admin_server: Server) -> None:
@@ -83,93 +88,100 @@ def test_list_activate_rollback(admin_server: Server) -> None:
 
 def test_tampered_version_is_refused_and_audited(admin_server: Server) -> None:
     admin = admin_server.token("alice-admin")
+    active = fresh("GET", f"{admin_server.url}/admin/models", headers=bearer(admin)).json()[
+        "active"
+    ]
     name_dir = admin_server.deployment.model_dir / "iris"
     source = sorted(p for p in name_dir.iterdir() if p.is_dir())[0]
     forged = name_dir / "20200101T000000Z"
     shutil.copytree(source, forged)  # its signed manifest names another version
     try:
-        r = httpx.post(
-            f"{admin_server.url}/admin/models/{forged.name}/activate", headers=bearer(admin)
-        )
+        r = fresh("POST", f"{admin_server.url}/admin/models/{forged.name}/activate",
+                  headers=bearer(admin))  # fmt: skip
         assert r.status_code == 409, r.text
         assert "refused" in r.json()["error"]["message"]
-        time.sleep(0.2)
-        records = [
-            json.loads(x) for x in admin_server.deployment.audit_log.read_text().splitlines()
-        ]
+        request_id = r.headers["x-request-id"]
+        # The request's own record is written after the response has been sent.
+        records = wait_until(
+            lambda: (
+                (rs := _audit_records(admin_server))
+                and any(x["request_id"] == request_id for x in rs)
+                and rs
+            ),
+            "the activation's audit record",
+        )
         assert any(
             x["action"] == "model.integrity_check"
             and x["model_version"] == forged.name
             and x["outcome"] == "refused"
             for x in records
         )
-        activation = [x for x in records if x["action"] == "models.activate" and x["status"] == 409]
-        assert activation and activation[-1]["user"] == "alice-admin"
-        # the previous model keeps serving
+        (activation,) = [x for x in records if x["request_id"] == request_id]
+        assert activation["action"] == "models.activate" and activation["status"] == 409
+        assert activation["user"] == "alice-admin"
+        # the previous model keeps serving, on every worker
         predictor = admin_server.token("paul-predictor")
-        assert len(_served_versions(admin_server, predictor, 4)) == 1
+        _wait_all_serve(admin_server, predictor, active)
     finally:
         shutil.rmtree(forged)
 
 
+def _rate(server: Server, token: str, **body: object) -> httpx.Response:
+    """POST /feedback once the prediction has been stored: the service stores it after the
+    response (fire and forget), so until then the id is unknown (404)."""
+    last: list[httpx.Response] = []
+
+    def attempt() -> httpx.Response | None:
+        last[:] = [fresh("POST", server.url + "/feedback", json=body, headers=bearer(token))]
+        return last[0] if last[0].status_code != 404 else None
+
+    return wait_until(attempt, f"feedback for {body} is accepted or refused (not 404)")
+
+
 def test_feedback(server: Server, tokens: dict[str, str]) -> None:
-    h = bearer(tokens["predictor"])
-    no_keepalive = httpx.Limits(max_keepalive_connections=0)
-    with httpx.Client(base_url=server.url, limits=no_keepalive) as c:
-        r = c.post("/predict", json={"instances": [ROW, [6.7, 3.0, 5.2, 2.3]]}, headers=h).json()
-        rid = r["request_id"]
-        first, second = r["predictions"]
-        time.sleep(0.1)  # the prediction is stored after the response (fire and forget)
-        ok = c.post(
-            "/feedback", json={"request_id": rid, "true_class": first["class_name"]}, headers=h
-        )
-        assert ok.status_code == 200, ok.text
-        assert ok.json()["correct"] is True and ok.json()["predicted_class"] == first["class_index"]
-        wrong_class = (second["class_index"] + 1) % 3
-        bad = c.post(
-            "/feedback",
-            json={"request_id": rid, "instance": 1, "true_class": wrong_class},
-            headers=h,
-        )
-        assert bad.status_code == 200 and bad.json()["correct"] is False
-        assert 0 <= bad.json()["rolling_accuracy"] < 1
-        # each prediction is rated once; unknown ids and non-classes are refused
-        again = c.post("/feedback", json={"request_id": rid, "true_class": 0}, headers=h)
-        assert again.status_code == 404
-        assert (
-            c.post(
-                "/feedback", json={"request_id": "f" * 32, "true_class": 0}, headers=h
-            ).status_code
-            == 404
-        )
-        other = c.post("/predict", json={"features": ROW}, headers=h).json()["request_id"]
-        time.sleep(0.1)
-        assert (
-            c.post("/feedback", json={"request_id": other, "true_class": 7}, headers=h).status_code
-            == 409
-        )
-        assert (
-            c.post(
-                "/feedback", json={"request_id": other, "true_class": "rose"}, headers=h
-            ).status_code
-            == 409
-        )
-        # predictions served by either worker can be rated on either worker
-        ids = [
-            c.post("/predict", json={"features": ROW}, headers=h).json()["request_id"]
-            for _ in range(10)
-        ]
-        time.sleep(0.2)
-        statuses = [
-            c.post(
-                "/feedback", json={"request_id": i, "true_class": "setosa"}, headers=h
-            ).status_code
-            for i in ids
-        ]
-        assert statuses == [200] * 10
-        text = c.get("/metrics", headers=bearer(server.deployment.metrics_token)).text
-    assert "ml_model_rolling_accuracy " in text
-    assert 'ml_model_feedback_total{model_version="' in text
+    token = tokens["predictor"]
+    h = bearer(token)
+    r = fresh(
+        "POST", server.url + "/predict", json={"instances": [ROW, [6.7, 3.0, 5.2, 2.3]]}, headers=h
+    ).json()
+    rid = r["request_id"]
+    first, second = r["predictions"]
+    ok = _rate(server, token, request_id=rid, true_class=first["class_name"])
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["correct"] is True and ok.json()["predicted_class"] == first["class_index"]
+    wrong_class = (second["class_index"] + 1) % 3
+    bad = fresh(
+        "POST",
+        server.url + "/feedback",
+        json={"request_id": rid, "instance": 1, "true_class": wrong_class},
+        headers=h,
+    )
+    assert bad.status_code == 200 and bad.json()["correct"] is False
+    assert 0 <= bad.json()["rolling_accuracy"] < 1
+    # each prediction is rated once; unknown ids and non-classes are refused
+    again = fresh("POST", server.url + "/feedback", json={"request_id": rid, "true_class": 0},
+                  headers=h)  # fmt: skip
+    assert again.status_code == 404
+    unknown = fresh("POST", server.url + "/feedback",
+                    json={"request_id": "f" * 32, "true_class": 0}, headers=h)  # fmt: skip
+    assert unknown.status_code == 404
+    other = _predict(server, token).json()["request_id"]
+    assert _rate(server, token, request_id=other, true_class=7).status_code == 409
+    assert _rate(server, token, request_id=other, true_class="rose").status_code == 409
+    # Predictions served by either worker can be rated on either worker: go on until both
+    # directions (served by one, rated on the other) have happened.
+    crossings: set[tuple[str, str]] = set()
+    deadline = time.monotonic() + 60
+    while len(crossings) < server.workers * (server.workers - 1):
+        assert time.monotonic() < deadline, f"only {crossings} in 60 s"
+        served = _predict(server, token)
+        rated = _rate(server, token, request_id=served.json()["request_id"], true_class="setosa")
+        assert rated.status_code == 200, rated.text
+        if worker_of(served) != worker_of(rated):
+            crossings.add((worker_of(served), worker_of(rated)))
+    text = fresh("GET", server.url + "/metrics", headers=bearer(server.deployment.metrics_token))
+    assert "ml_model_rolling_accuracy " in text.text
+    assert 'ml_model_feedback_total{model_version="' in text.text
 
 
 def test_activation_that_cannot_be_recorded_is_a_503(admin_server: Server) -> None:

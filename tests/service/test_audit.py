@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from service_support import PASSWORDS, ROW, Server, bearer, run_cli
+from waiting import wait_until
 
 from ml_service.audit import AuditLog
 
@@ -141,9 +141,13 @@ def test_service_audit_records(
         "/token", data={"username": "paul-predictor", "password": "wrong " + password}
     )
     assert bad.status_code == 401
-    time.sleep(0.2)
     audit = server.deployment.audit_log
-    raw = audit.read_text()
+    # Each record is written after its response has been sent: wait for both.
+    ids = (request_id, bad.headers["x-request-id"])
+    raw = wait_until(
+        lambda: (text := audit.read_text()) and all(i in text for i in ids) and text,
+        "the audit records of both requests",
+    )
     assert password not in raw and tokens["predictor"] not in raw and "wrong " not in raw
     records = [json.loads(x) for x in raw.splitlines()]
     rec = next(x for x in records if x["request_id"] == request_id)

@@ -6,7 +6,17 @@ import asyncio
 from collections import Counter
 
 import httpx
-from service_support import LIMIT, LIMITED_PASSWORD, LIMITED_USERS, ROW, RedisServer, Server, bearer
+from service_support import (
+    LIMIT,
+    LIMITED_PASSWORD,
+    LIMITED_USERS,
+    ROW,
+    Deployment,
+    RedisServer,
+    Server,
+    bearer,
+)
+from workers import fresh
 
 ROUNDS = 20
 CONCURRENT = 100
@@ -73,13 +83,25 @@ def test_endpoint_classes_have_separate_budgets(server: Server, redis_server: Re
         assert int(r.headers["ratelimit-limit"]) > LIMIT
 
 
+def _rate_limited_total(server: Server, metrics_token: str) -> float:
+    text = httpx.get(server.url + "/metrics", headers=bearer(metrics_token)).text
+    prefix = 'ml_api_rate_limited_total{endpoint_class="predict"}'
+    lines = [x for x in text.splitlines() if x.startswith(prefix)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
 def test_rate_limited_requests_are_counted(
-    server: Server, tokens: dict[str, str], deployment
-) -> None:  # type: ignore[no-untyped-def]
-    text = httpx.get(server.url + "/metrics", headers=bearer(deployment.metrics_token)).text
-    line = next(
-        x
-        for x in text.splitlines()
-        if x.startswith('ml_api_rate_limited_total{endpoint_class="predict"}')
-    )
-    assert float(line.split()[-1]) >= (CONCURRENT - LIMIT)
+    server: Server, redis_server: RedisServer, deployment: Deployment
+) -> None:
+    user = LIMITED_USERS[1]
+    token = server.token(user, LIMITED_PASSWORD)
+    _reset(redis_server)
+    before = _rate_limited_total(server, deployment.metrics_token)
+    extra = 3
+    statuses = [
+        fresh("POST", server.url + "/predict", json={"features": ROW}, headers=bearer(token))
+        for _ in range(LIMIT + extra)
+    ]
+    assert [r.status_code for r in statuses] == [200] * LIMIT + [429] * extra
+    # Counted on whichever worker refused, summed over the workers by /metrics.
+    assert _rate_limited_total(server, deployment.metrics_token) - before == extra

@@ -15,7 +15,17 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from service_support import PASSWORDS, Deployment, Server, bearer, run_cli
+from service_support import (
+    PASSWORDS,
+    ROW,
+    Deployment,
+    Server,
+    bearer,
+    login_on_every_worker,
+    run_cli,
+)
+from waiting import wait_until
+from workers import every_worker, fresh, until_every_worker
 
 from ml_service.tokens import key_id
 
@@ -149,39 +159,66 @@ def test_missing_and_non_bearer_credentials(client: httpx.Client, tokens: dict[s
     assert r.status_code == 401
 
 
-def test_revoked_token_is_refused(server: Server, client: httpx.Client) -> None:
+def _refused_by_every_worker(server: Server, token: str) -> None:
+    """Each worker (a fresh connection per request, until every worker has answered) refuses
+    the token on a read and on a predict route."""
+
+    def check(r: httpx.Response) -> None:
+        assert r.status_code == 401, r.text
+        assert r.json()["error"]["code"] == "unauthorized"
+        assert r.headers["www-authenticate"].startswith("Bearer")
+
+    every_worker(lambda: fresh("GET", server.url + "/model/info", headers=bearer(token)),
+                 server.workers, check)  # fmt: skip
+    every_worker(
+        lambda: fresh(
+            "POST", server.url + "/predict", json={"features": ROW}, headers=bearer(token)
+        ),
+        server.workers,
+        check,
+    )
+
+
+def _accepted_by_every_worker(server: Server, token: str, what: str) -> None:
+    until_every_worker(
+        lambda: fresh("GET", server.url + "/model/info", headers=bearer(token)),
+        server.workers,
+        lambda r: r.status_code == 200,
+        what,
+    )
+
+
+def test_revoked_token_is_refused(server: Server) -> None:
     token = server.token("paul-predictor")
-    assert client.get("/model/info", headers=bearer(token)).status_code == 200
-    r = client.post("/token/revoke", headers=bearer(token))
+    _accepted_by_every_worker(server, token, "the token works before it is revoked")
+    r = fresh("POST", server.url + "/token/revoke", headers=bearer(token))
     assert r.status_code == 200 and r.json() == {"revoked": True}
-    # Both workers must refuse it: try enough times to hit each.
-    for _ in range(6):
-        assert_401(client, token)
-        r = client.post("/predict", json={"features": [5.1, 3.5, 1.4, 0.2]}, headers=bearer(token))
-        assert r.status_code == 401
+    # Immediately, on the worker that revoked it and on every other one.
+    _refused_by_every_worker(server, token)
 
 
-def test_token_of_deleted_user_is_refused(
-    server: Server, client: httpx.Client, deployment: Deployment
-) -> None:
+def test_token_of_deleted_user_is_refused(server: Server, deployment: Deployment) -> None:
     deployment.add_user("short-lived", "predictor", "short lived password 1")
-    time.sleep(1.2)  # users file is re-read at most once per second
-    token = server.token("short-lived", "short lived password 1")
-    assert client.get("/model/info", headers=bearer(token)).status_code == 200
+    token = login_on_every_worker(server, "short-lived", "short lived password 1")
     result = run_cli("users", "--file", str(deployment.users_file), "remove", "short-lived")
     assert result.returncode == 0, result.stderr
-    time.sleep(1.2)
-    for _ in range(4):
-        assert_401(client, token)
+    # Each worker notices the removal within its reload interval ...
+    until_every_worker(
+        lambda: fresh("GET", server.url + "/model/info", headers=bearer(token)),
+        server.workers,
+        lambda r: r.status_code == 401,
+        "every worker refuses the deleted user's token",
+    )
+    # ... and from then on refuses it everywhere.
+    _refused_by_every_worker(server, token)
 
 
-def test_password_change_invalidates_older_tokens(
-    server: Server, client: httpx.Client, deployment: Deployment
-) -> None:
+def test_password_change_invalidates_older_tokens(server: Server, deployment: Deployment) -> None:
     deployment.add_user("changer", "viewer", "first password 12345")
-    time.sleep(1.2)
-    old = server.token("changer", "first password 12345")
-    time.sleep(1.0)  # iat has second resolution
+    old = login_on_every_worker(server, "changer", "first password 12345")
+    issued = int(jwt.decode(old, options={"verify_signature": False})["iat"])
+    # iat has second resolution: a change within the same second could not tell them apart.
+    wait_until(lambda: int(time.time()) > issued, "the clock passes the token's iat second")
     result = run_cli(
         "users",
         "--file",
@@ -192,19 +229,46 @@ def test_password_change_invalidates_older_tokens(
         stdin="second password 12345\n",
     )
     assert result.returncode == 0, result.stderr
-    time.sleep(1.2)
-    assert_401(client, old)
-    new = server.token("changer", "second password 12345")
-    assert client.get("/model/info", headers=bearer(new)).status_code == 200
+    new = login_on_every_worker(server, "changer", "second password 12345")
+    until_every_worker(
+        lambda: fresh("GET", server.url + "/model/info", headers=bearer(old)),
+        server.workers,
+        lambda r: r.status_code == 401,
+        "every worker refuses the token issued before the password change",
+    )
+    _refused_by_every_worker(server, old)
+    _accepted_by_every_worker(server, new, "the new password's token works")
 
 
-def test_auth_failure_reasons_are_counted(client: httpx.Client, deployment: Deployment) -> None:
+def _auth_failures(server: Server, deployment: Deployment) -> dict[str, float]:
+    text = fresh("GET", server.url + "/metrics", headers=bearer(deployment.metrics_token)).text
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("ml_api_auth_failures_total{"):
+            labels, value = line.rsplit(" ", 1)
+            reason = labels.split('reason="', 1)[1].split('"', 1)[0]
+            counts[reason] = float(value)
+    return counts
+
+
+def test_auth_failure_reasons_are_counted(server: Server, deployment: Deployment) -> None:
     forged = _forgeries(deployment)
-    for case in ("expired", "unknown_kid", "alg_none", "wrong_audience", "oversized"):
-        client.get("/model/info", headers=bearer(forged[case]))
-    text = client.get("/metrics", headers=bearer(deployment.metrics_token)).text
-    for reason in ("expired", "unknown_kid", "bad_algorithm", "bad_audience", "oversized"):
-        assert f'ml_api_auth_failures_total{{reason="{reason}"}}' in text, reason
+    cases = {
+        "expired": "expired",
+        "unknown_kid": "unknown_kid",
+        "alg_none": "bad_algorithm",
+        "wrong_audience": "bad_audience",
+        "oversized": "oversized",
+    }
+    before = _auth_failures(server, deployment)
+    for case in cases:
+        r = fresh("GET", server.url + "/model/info", headers=bearer(forged[case]))
+        assert r.status_code == 401, r.text
+    after = _auth_failures(server, deployment)
+    # Exactly one more per reason: nothing else sends requests while this test runs.
+    increments = {reason: after.get(reason, 0.0) - before.get(reason, 0.0) for reason in after}
+    assert {r: increments.get(r) for r in cases.values()} == dict.fromkeys(cases.values(), 1.0)
+    assert sum(increments.values()) == len(cases), increments
 
 
 def test_token_endpoint_issues_es256_with_kid_and_claims(
