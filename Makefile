@@ -14,10 +14,11 @@ SCENARIOS = $(sort $(filter-out shared appliance,$(notdir $(patsubst %/molecule.
 PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
 PY_DIRS = $(wildcard ml_service workspace tests molecule scripts benchmarks)
 
-.PHONY: help venv test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up check-up down
+.PHONY: help venv grpc-stubs test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up check-up down
 
 help:
 	@echo "make venv            create $(VENV) from requirements/dev.lock (hash-checked)"
+	@echo "make grpc-stubs      regenerate ml_service/oip/proto/*_pb2*.py from the vendored .proto"
 	@echo "make test            lint + unit + molecule (everything CI runs)"
 	@echo "make lint            yamllint, ansible-lint, ruff, shellcheck, playbook syntax checks"
 	@echo "make unit            pytest tests/"
@@ -34,6 +35,11 @@ venv:
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q --require-hashes -r requirements/dev.lock
 	$(BIN)/pip install -q --no-deps -e .
+
+# The Open Inference Protocol's gRPC stubs, checked in, from the vendored .proto (see its SOURCE.md).
+grpc-stubs:
+	python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. \
+	  ml_service/oip/proto/open_inference_grpc.proto
 
 test: lint unit molecule
 
