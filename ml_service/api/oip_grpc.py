@@ -150,7 +150,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await guard(self._http_request(route, metadata, info, client))
             reply = await work(info)
             status = 200
-            context.set_trailing_metadata(self._ratelimit_metadata(info))
+            context.set_trailing_metadata(
+                (*self._ratelimit_metadata(info), ("x-request-id", info.request_id))
+            )
             return reply
         except ApiError as exc:
             status = exc.status
