@@ -35,8 +35,13 @@ from ..schemas import (
 )
 
 HEADER_LENGTH = "inference-header-content-length"
-_JSON_TYPES = ("", "application/json")
-_BINARY_TYPES = ("application/octet-stream", "application/vnd.sagemaker-triton.binary+json")
+# tritonclient's asyncio HTTP client (aiohttp) sends even an all-JSON body as octet-stream.
+_CONTENT_TYPES = (
+    "",
+    "application/json",
+    "application/octet-stream",
+    "application/vnd.sagemaker-triton.binary+json",
+)
 
 Name = Annotated[str, Path(min_length=1, max_length=64)]
 Version = Annotated[str, Path(min_length=1, max_length=64)]
@@ -124,17 +129,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _split(request: Request, body: bytes) -> tuple[bytes, bytes]:
     """The JSON part and the binary part of an infer body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in _CONTENT_TYPES:
+        raise ApiError(
+            415, f"Content-Type {content_type!r}: send application/json or application/octet-stream"
+        )
     declared = request.headers.get(HEADER_LENGTH)
     if declared is None:
-        if content_type not in _JSON_TYPES:
-            raise ApiError(
-                415,
-                f"Content-Type {content_type!r}: send application/json, or binary tensor data "
-                f"with the {HEADER_LENGTH} header",
-            )
         return body, b""
-    if content_type not in (*_JSON_TYPES, *_BINARY_TYPES):
-        raise ApiError(415, f"Content-Type {content_type!r} is not accepted here")
     try:
         length = int(declared)
     except ValueError:

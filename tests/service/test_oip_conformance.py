@@ -7,6 +7,7 @@ predictions come from the same signed model files, loaded here through the regis
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -18,7 +19,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
+import tritonclient.grpc.aio as tgrpc_aio
 import tritonclient.http as thttp
+import tritonclient.http.aio as thttp_aio
 from service_support import (
     LIMIT,
     LIMITED_PASSWORD,
@@ -417,6 +420,51 @@ def test_binary_framing_errors(oip: Server, toks: dict[str, str]) -> None:
     ]:
         r = post(body, length)
         assert r.status_code == 400 and needle in r.json()["error"], r.text
+
+
+def test_content_types(oip: Server, toks: dict[str, str]) -> None:
+    body = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP64", "data": [1] * 4}]}
+    url = oip.url + "/v2/models/iris/infer"
+    for content_type, status in [
+        ("application/json", 200),
+        ("application/octet-stream", 200),  # what aiohttp sends for an all-JSON body
+        ("text/plain", 415),
+    ]:
+        headers = {**hdr(toks["predictor"]), "Content-Type": content_type}
+        r = httpx.post(url, content=json.dumps(body), headers=headers, timeout=10)
+        assert r.status_code == status, (content_type, r.text)
+
+
+def test_asyncio_clients(
+    oip: Server, grpc_port: int, toks: dict[str, str], registry: ModelRegistry
+) -> None:
+    """tritonclient's asyncio clients (aiohttp and grpc.aio) send differently framed requests."""
+    assert registry.active is not None
+    want = expected(registry.active, ROWS)
+
+    async def run() -> list[np.ndarray]:
+        http = thttp_aio.InferenceServerClient(oip.url.removeprefix("http://"))
+        grpc_aio = tgrpc_aio.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:
+            results = []
+            for binary in (False, True):
+                tensor = http_input(ROWS, "FP64", binary)
+                outputs = [thttp_aio.InferRequestedOutput("probabilities", binary_data=binary)]
+                r = await http.infer(
+                    "iris", [tensor], outputs=outputs, headers=hdr(toks["predictor"])
+                )
+                results.append(r.as_numpy("probabilities"))
+            r = await grpc_aio.infer(
+                "iris", [grpc_input(ROWS, "FP64")], headers=meta(toks["predictor"])
+            )
+            results.append(r.as_numpy("probabilities"))
+            return results
+        finally:
+            await http.close()
+            await grpc_aio.close()
+
+    for got in asyncio.run(run()):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 # ----- gRPC (tritonclient.grpc) -----
