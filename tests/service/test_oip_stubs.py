@@ -33,18 +33,3 @@ def test_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
         assert (REPO / f"{stem}{suffix}").read_text() == fresh, (
             f"{stem}{suffix} is stale or edited: run `make grpc-stubs`"
         )
-
-
-def test_the_service_name_matches_what_clients_call() -> None:
-    from ml_service.oip.proto import open_inference_grpc_pb2 as pb
-
-    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    assert service.full_name == "inference.GRPCInferenceService"
-    assert {m.name for m in service.methods} == {
-        "ServerLive",
-        "ServerReady",
-        "ModelReady",
-        "ServerMetadata",
-        "ModelMetadata",
-        "ModelInfer",
-    }
