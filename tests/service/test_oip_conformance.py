@@ -640,3 +640,27 @@ def test_grpc_calls_are_audited_and_counted(
         'ml_api_requests_total{method="GRPC",'
         'route="/inference.GRPCInferenceService/ModelInfer",status="403"}'
     ) in r.text
+
+
+def test_openapi_documents_every_v2_route(oip: Server) -> None:
+    """schemathesis (test_schemathesis.py) runs against this document: the routes must be in it."""
+    doc = httpx.get(oip.url + "/openapi.json", timeout=10).json()
+    paths = doc["paths"]
+    for path in (
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{name}",
+        "/v2/models/{name}/versions/{version}",
+        "/v2/models/{name}/ready",
+        "/v2/models/{name}/versions/{version}/ready",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+    ):
+        assert path in paths, path
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    schema = infer["requestBody"]["content"]["application/json"]["schema"]
+    assert "data" in schema["properties"]["inputs"]["items"]["required"]
+    assert infer["responses"]["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/OipError"
+    }
