@@ -189,7 +189,11 @@ def _parse_infer(models: RequestModels, request: Request, body: bytes) -> InferR
     outputs = None
     if parsed.outputs:
         outputs = [
-            RequestedOutput(o.name, _parameter_flag(o.parameters, "binary_data", o.name))
+            RequestedOutput(
+                o.name,
+                _parameter_flag(o.parameters, "binary_data", o.name),
+                "classification" in (o.parameters or {}),
+            )
             for o in parsed.outputs
         ]
     return InferRequest(

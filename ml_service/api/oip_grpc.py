@@ -311,7 +311,10 @@ def _infer_request(msg: Any) -> InferRequest:
             )
         inputs.append(InputTensor(tensor.name, tensor.datatype, list(tensor.shape), data=data))
     # gRPC has no JSON form: every output is raw or typed contents, as the inputs were.
-    outputs = [RequestedOutput(o.name) for o in msg.outputs] or None
+    outputs = [
+        RequestedOutput(o.name, classification="classification" in o.parameters)
+        for o in msg.outputs
+    ] or None
     return InferRequest(inputs, outputs, msg.id or None)
 
 

@@ -214,5 +214,11 @@ class OipHandler:
                     f"unknown output '{out.name}'; the model's outputs are "
                     + ", ".join(OUTPUT_NAMES),
                 )
+            if out.classification:
+                raise ApiError(
+                    422,
+                    f"output '{out.name}': the classification extension is not supported; "
+                    "predicted_class holds the class index",
+                )
             wanted.append((out.name, out.binary))
         return wanted

@@ -28,6 +28,8 @@ class InputTensor:
 class RequestedOutput:
     name: str
     binary: bool = False
+    # Triton's classification extension (top-k class labels instead of the tensor).
+    classification: bool = False
 
 
 @dataclass(slots=True)

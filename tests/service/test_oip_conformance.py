@@ -288,6 +288,14 @@ def test_http_requested_outputs_json_and_binary(
             headers=hdr(toks["predictor"]),
         )
     assert exc.value.status() == "422" and "predicted_class" in str(exc.value)
+    with pytest.raises(InferenceServerException) as exc:
+        http.infer(
+            "iris",
+            [http_input(ROWS, "FP64", False)],
+            outputs=[thttp.InferRequestedOutput("probabilities", class_count=2)],
+            headers=hdr(toks["predictor"]),
+        )
+    assert exc.value.status() == "422" and "classification" in str(exc.value)
 
 
 def test_http_batch_and_its_bound(
@@ -522,6 +530,15 @@ def test_grpc_requested_outputs_batch_and_version(
     )
     assert [o.name for o in only.get_response().outputs] == ["predicted_class"]
     assert only.as_numpy("probabilities") is None
+    with pytest.raises(InferenceServerException) as exc:
+        grpc_client.infer(
+            "iris",
+            [grpc_input(ROWS, "FP64")],
+            outputs=[tgrpc.InferRequestedOutput("probabilities", class_count=2)],
+            headers=m,
+        )
+    assert exc.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "classification" in exc.value.message()
     X = np.random.default_rng(3).uniform(0.1, 8.0, size=(MAX_BATCH, 4))
     batch = grpc_client.infer("iris", [grpc_input(X, "FP64")], headers=m, model_version=versions[1])
     assert batch.get_response().model_version == versions[1]
