@@ -72,6 +72,9 @@ _READ = require("model:read", "read").dependency
 _PREDICT = require("predict", "predict").dependency
 _CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents"}
 
+_MAX_CONNECTION_AGE_MS = 30_000
+_MAX_CONNECTION_AGE_GRACE_MS = 10_000
+
 Reply = TypeVar("Reply")
 Guard = Callable[[Request], Awaitable[Any]] | None
 
@@ -349,6 +352,11 @@ async def start_server(app: FastAPI, services: Services, handler: OipHandler) ->
             ("grpc.so_reuseport", 1),
             # The same bound on a request as REST's body limit.
             ("grpc.max_receive_message_length", settings.max_body_bytes),
+            # HTTP/2 multiplexes every call of a client (Traefik) on one connection, which
+            # SO_REUSEPORT hands to one worker: ending connections now and then (the client
+            # reconnects, in-flight calls finish) spreads them over the workers again.
+            ("grpc.max_connection_age_ms", _MAX_CONNECTION_AGE_MS),
+            ("grpc.max_connection_age_grace_ms", _MAX_CONNECTION_AGE_GRACE_MS),
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
