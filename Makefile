@@ -22,7 +22,7 @@ SCENARIOS = $(sort $(filter-out appliance $(FOLDED_SCENARIOS),$(ALL_SCENARIOS)))
 PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
 PY_DIRS = $(wildcard ml_service workspace tests molecule scripts benchmarks)
 
-.PHONY: help deps apt-packages venv test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up check-up down
+.PHONY: help deps apt-packages venv grpc-stubs test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up check-up down
 
 help:
 	@echo "make test            deps + lint + unit + molecule (everything CI runs; as root)"
@@ -30,6 +30,7 @@ help:
 	@echo "make deps            apt-packages + venv (each skips what is already there)"
 	@echo "make apt-packages    install the missing Debian packages of .ci/apt-packages.txt (root)"
 	@echo "make venv            $(VENV) from requirements/dev.lock (hash-checked), again only when the lock changed"
+	@echo "make grpc-stubs      regenerate ml_service/oip/proto/*_pb2*.py from the vendored .proto"
 	@echo "make lint            yamllint, ansible-lint, ruff, shellcheck, playbook syntax checks"
 	@echo "make unit            pytest tests/"
 	@echo "make molecule        the scenarios CI runs: $(SCENARIOS)"
@@ -63,6 +64,11 @@ $(VENV)/.installed: requirements/dev.lock pyproject.toml
 	$(BIN)/pip install -q --require-hashes -r requirements/dev.lock
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+# The Open Inference Protocol's gRPC stubs, checked in, from the vendored .proto (see its SOURCE.md).
+grpc-stubs:
+	python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. \
+	  ml_service/oip/proto/open_inference_grpc.proto
 
 # Every step runs even when an earlier one fails (one run shows every failure); the time and
 # result of each are printed at the end. Only missing dependencies stop it before the tests.

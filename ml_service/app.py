@@ -12,7 +12,9 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from . import __version__, errors, metrics
+from .api import oip
 from .middleware import ServiceMiddleware
+from .oip.handlers import OipHandler
 from .routes_auth import router as auth_router
 from .routes_ops import router as ops_router
 from .routes_predict import build_router
@@ -25,14 +27,23 @@ log = logging.getLogger("ml_service")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     services = Services(settings)
+    handler = OipHandler(services)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await services.start()
+        grpc_server = None
+        if settings.grpc_port is not None:
+            # Imported only when enabled: grpc's C core is not loaded otherwise.
+            from .api.oip_grpc import start_server
+
+            grpc_server = await start_server(app, services, handler)
         log.info("worker %d ready", os.getpid())
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
             await services.stop()
             metrics.mark_process_dead(os.getpid())
 
@@ -48,9 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.services = services
+    app.state.oip = handler
     errors.install(app)
     app.include_router(auth_router)
     app.include_router(build_router(services.models))
+    app.include_router(oip.build_router(services.models))
     app.include_router(ops_router)
     app.add_middleware(
         ServiceMiddleware,

@@ -1,5 +1,8 @@
 """One JSON error format for every failure: ``{"error": {code, message, request_id, ...}}``.
 
+The Open Inference Protocol's routes (``/v2`` and below) answer ``{"error": "<message>"}``
+instead, as the protocol specifies and its clients parse.
+
 FastAPI's own validation and HTTP error handlers are replaced so nothing ever
 answers with FastAPI's default shape, an HTML page or a stack trace.
 """
@@ -88,13 +91,36 @@ def error_body_bytes(status: int, message: str) -> bytes:
     )
 
 
-async def _api_error(_: Request, exc: Exception) -> Response:
+def is_oip_path(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def oip_error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    retry = (headers or {}).get("Retry-After")
+    if retry is not None:
+        # Clients of the protocol show the message only: say there when to retry.
+        message = f"{message}; retry after {retry} s"
+    return Response(
+        orjson.dumps({"error": message}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    if is_oip_path(request.url.path):
+        return oip_error_response(exc.status, exc.message, exc.headers)
     return error_response(exc.status, exc.message, code=exc.code, headers=exc.headers, **exc.extra)
 
 
-async def _validation_error(_: Request, exc: Exception) -> Response:
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    if is_oip_path(request.url.path):
+        return oip_error_response(422, validation_message(exc.errors()))
     details = []
     for err in exc.errors()[:20]:
         # loc/msg/type only: echoing the input could copy secrets into responses and logs.
@@ -108,14 +134,27 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     return error_response(422, "the request is not valid", details=details)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+def validation_message(errors: Any) -> str:
+    """One line naming the first problems (location and reason, never the input)."""
+    parts = []
+    for err in list(errors)[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg', '')}" if loc else str(err.get("msg", "")))
+    return "the request is not valid: " + "; ".join(parts)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else _CODES.get(exc.status_code, "error")
+    if is_oip_path(request.url.path):
+        return oip_error_response(exc.status_code, message, dict(exc.headers or {}))
     return error_response(exc.status_code, message, headers=dict(exc.headers or {}))
 
 
-async def _unexpected(_: Request, exc: Exception) -> Response:
+async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled %s", exc.__class__.__name__, exc_info=exc)
+    if is_oip_path(request.url.path):
+        return oip_error_response(500, "internal error")
     return error_response(500, "internal error")
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schemas import ErrorResponse
+from pydantic import BaseModel
+
+from .schemas import ErrorResponse, OipError
 
 _DESCRIPTIONS = {
     400: "The body could not be read (e.g. not UTF-8)",
@@ -13,16 +15,17 @@ _DESCRIPTIONS = {
     404: "Unknown resource",
     409: "The request conflicts with the model registry's state",
     413: "Request body too large",
+    415: "Content-Type or Content-Encoding not accepted",
     422: "The request is not valid",
     429: "Rate limit or login throttle; retry after Retry-After seconds",
     503: "A dependency (model, Redis) is unavailable",
 }
 
 
-def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+def errors(*codes: int, model: type[BaseModel] = ErrorResponse) -> dict[int | str, dict[str, Any]]:
     responses: dict[int | str, dict[str, Any]] = {}
     for code in codes:
-        entry: dict[str, Any] = {"model": ErrorResponse, "description": _DESCRIPTIONS[code]}
+        entry: dict[str, Any] = {"model": model, "description": _DESCRIPTIONS[code]}
         if code == 429:
             entry["headers"] = {
                 "Retry-After": {
@@ -33,6 +36,11 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
             }
         responses[code] = entry
     return responses
+
+
+def oip_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The Open Inference Protocol's error body, ``{"error": "<message>"}``."""
+    return errors(*codes, model=OipError)
 
 
 # Every authenticated, rate-limited route can answer these.

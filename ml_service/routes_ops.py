@@ -14,7 +14,7 @@ from .auth import Principal, require
 from .errors import ApiError
 from .model import ModelIntegrityError, NoModelError
 from .openapi import errors
-from .schemas import Health, ModelInfo, UserInfo, V2Live, V2Ready, VersionList
+from .schemas import Health, ModelInfo, UserInfo, VersionList
 from .services import Services, model_info_body
 
 router = APIRouter()
@@ -24,7 +24,7 @@ def _json(data: object, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-def _readiness(services: Services) -> tuple[bool, dict[str, object]]:
+def readiness(services: Services) -> tuple[bool, dict[str, object]]:
     model = services.registry.active
     redis_up = services.redis.up
     if model is None:
@@ -60,30 +60,8 @@ async def live() -> Response:
     summary="Readiness: 200 ready/degraded (Redis down), 503 without a model",
 )
 async def ready(request: Request) -> Response:
-    ok, body = _readiness(request.app.state.services)
+    ok, body = readiness(request.app.state.services)
     return _json(body, 200 if ok else 503)
-
-
-@router.get(
-    "/v2/health/live",
-    tags=["v2"],
-    response_model=V2Live,
-    summary="Open Inference Protocol: liveness",
-)
-async def v2_live() -> Response:
-    return _json({"live": True})
-
-
-@router.get(
-    "/v2/health/ready",
-    tags=["v2"],
-    response_model=V2Ready,
-    responses={503: {"model": V2Ready, "description": "No verified model loaded"}},
-    summary="Open Inference Protocol: readiness",
-)
-async def v2_ready(request: Request) -> Response:
-    ok, _ = _readiness(request.app.state.services)
-    return _json({"ready": ok}, 200 if ok else 503)
 
 
 @router.get(

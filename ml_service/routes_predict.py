@@ -1,19 +1,17 @@
-"""Prediction, model information, feedback and the Open Inference Protocol (v2) routes.
+"""Prediction, model information and feedback routes (the Open Inference Protocol is in api/).
 
 No ``from __future__ import annotations`` here: the request body types are built
 from the settings at start-up, and FastAPI must see them as real objects.
 """
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
-import anyio
 import numpy as np
 import orjson
-from fastapi import APIRouter, Body, Path, Request
+from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
-from . import metrics
 from .auth import Principal, require
 from .errors import ApiError
 from .model import LoadedModel
@@ -23,11 +21,9 @@ from .schemas import (
     BatchPredictResponse,
     FeedbackRequest,
     FeedbackResponse,
-    InferResponse,
     ModelInfo,
     PredictResponse,
     RequestModels,
-    V2ModelMetadata,
 )
 from .services import Services, model_info_body
 
@@ -49,23 +45,10 @@ async def _infer(
     services: Services, request: Request, rows: object
 ) -> tuple[LoadedModel, np.ndarray, np.ndarray]:
     model = _active(services)
-    request.scope["ml"].model_version = model.version
+    info = request.scope["ml"]
+    info.model_version = model.version
     X = np.array(rows, dtype=np.float64)
-    if model.backend == "sklearn":
-        # scikit-learn's predict_proba takes milliseconds; keep the event loop free.
-        probas = await anyio.to_thread.run_sync(model.predict_proba, X)
-    else:
-        probas = model.predict_proba(X)
-    classes = probas.argmax(axis=1)
-    version = model.version
-    names = model.class_names
-    for c in classes.tolist():
-        metrics.PREDICTIONS.labels(names[c], version).inc()
-    try:
-        services.monitor.observe(model, X, probas)
-    except Exception:
-        log.exception("prediction monitor failed")
-    services.redis.remember_prediction(request.scope["ml"].request_id, classes.tolist(), version)
+    probas, classes = await services.predict(model, X, info.request_id)
     return model, probas, classes
 
 
@@ -86,7 +69,6 @@ def _predictions(
 def build_router(models: RequestModels) -> APIRouter:
     router = APIRouter()
     PredictBody = models.features_request | models.instances_request
-    InferBody = models.infer_request
 
     @router.post(
         "/predict",
@@ -179,112 +161,6 @@ def build_router(models: RequestModels) -> APIRouter:
                 "true_class": label,
                 "correct": correct,
                 "rolling_accuracy": accuracy,
-            }
-        )
-
-    # ----- Open Inference Protocol (v2) -----
-
-    def _check_name(services: Services, name: str) -> LoadedModel:
-        model = _active(services)
-        if name != model.name:
-            raise ApiError(404, f"no model named {name!r}")
-        return model
-
-    @router.get(
-        "/v2/models/{name}",
-        tags=["v2"],
-        response_model=V2ModelMetadata,
-        responses=errors(401, 403, 404, 429, 503),
-        summary="Open Inference Protocol: model metadata",
-    )
-    async def v2_model(
-        request: Request,
-        name: Annotated[str, Path(max_length=64)],
-        principal: Annotated[Principal, require("model:read", "read")],
-    ) -> Response:
-        model = _check_name(request.app.state.services, name)
-        return _json(
-            {
-                "name": model.name,
-                "versions": [model.version],
-                "platform": "scikit-learn",
-                "inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, 4]}],
-                "outputs": [
-                    {
-                        "name": "probabilities",
-                        "datatype": "FP64",
-                        "shape": [-1, len(model.class_names)],
-                    },
-                    {"name": "predicted_class", "datatype": "INT64", "shape": [-1]},
-                ],
-            }
-        )
-
-    lo = np.array([r.min for r in models.ranges])
-    hi = np.array([r.max for r in models.ranges])
-
-    @router.post(
-        "/v2/models/{name}/infer",
-        tags=["v2"],
-        response_model=InferResponse,
-        responses=errors(*AUTHED, 404),
-        summary="Open Inference Protocol: inference",
-    )
-    async def v2_infer(
-        request: Request,
-        name: Annotated[str, Path(max_length=64)],
-        body: Annotated[InferBody, Body()],  # type: ignore[valid-type]
-        principal: Annotated[Principal, require("predict", "predict")],
-    ) -> Response:
-        services: Services = request.app.state.services
-        _check_name(services, name)
-        req: Any = body  # built at run time from the settings
-        tensor = req.inputs[0]
-        data = tensor.data
-        if data and isinstance(data[0], tuple):
-            X = np.array(data, dtype=np.float64)
-        else:
-            if len(data) % 4:
-                raise ApiError(422, "flat data must hold a multiple of 4 values")
-            X = np.array(data, dtype=np.float64).reshape(-1, 4)
-            bad = (lo > X) | (hi < X)
-            if bad.any():
-                raise ApiError(422, "a feature value is outside its allowed range")
-        if tensor.shape[0] != X.shape[0]:
-            raise ApiError(
-                422, f"shape {list(tensor.shape)} does not match {X.shape[0]} rows of data"
-            )
-        model, probas, classes = await _infer(services, request, X)
-        wanted = (
-            {o.name for o in req.outputs} if req.outputs else {"probabilities", "predicted_class"}
-        )
-        outputs = []
-        if "probabilities" in wanted:
-            outputs.append(
-                {
-                    "name": "probabilities",
-                    "shape": list(probas.shape),
-                    "datatype": "FP64",
-                    "data": probas.ravel().tolist(),
-                }
-            )
-        if "predicted_class" in wanted:
-            outputs.append(
-                {
-                    "name": "predicted_class",
-                    "shape": [len(classes)],
-                    "datatype": "INT64",
-                    "data": classes.tolist(),
-                }
-            )
-        request_id = request.scope["ml"].request_id
-        return _json(
-            {
-                "model_name": model.name,
-                "model_version": model.version,
-                "id": req.id if req.id is not None else request_id,
-                "outputs": outputs,
-                "parameters": {"request_id": request_id},
             }
         )
 

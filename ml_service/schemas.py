@@ -61,13 +61,19 @@ class RequestModels:
                 tuple[_int(1, n), Literal[4]],
                 Field(description="[rows, 4]; must agree with data"),
             ),
-            datatype=(Literal["FP64", "FP32"], ...),
+            datatype=(
+                Literal["FP64", "FP32"],
+                Field(description="FP64 or FP32 (the values are computed in FP64)"),
+            ),
+            # Optional here only for the binary tensor data extension: without
+            # Inference-Header-Content-Length it is required (the OpenAPI document says so).
             data=(
                 Annotated[list[row], Field(min_length=1, max_length=n)]  # type: ignore[valid-type]
-                | Annotated[flat, Field(min_length=4, max_length=4 * n)],
-                Field(description="rows, or the same values flattened row-major"),
+                | Annotated[flat, Field(min_length=4, max_length=4 * n)]
+                | None,
+                Field(None, description="rows, or the same values flattened row-major"),
             ),
-            parameters=(dict[str, str | int | float | bool] | None, None),
+            parameters=(_Parameters | None, None),
         )
         self.infer_request = create_model(
             "InferRequest",
@@ -78,13 +84,22 @@ class RequestModels:
                 Annotated[list[InferRequestedOutput], Field(min_length=1, max_length=2)] | None,
                 None,
             ),
-            parameters=(dict[str, str | int | float | bool] | None, None),
+            parameters=(_Parameters | None, None),
         )
+
+
+# Open Inference Protocol parameters: name -> string, number or boolean.
+_Parameters = Annotated[
+    dict[Annotated[str, Field(max_length=64)], str | int | float | bool], Field(max_length=32)
+]
 
 
 class InferRequestedOutput(BaseModel):
     model_config = _STRICT
     name: Literal["probabilities", "predicted_class"]
+    parameters: _Parameters | None = Field(
+        None, description='{"binary_data": true}: this output as binary tensor data'
+    )
 
 
 class FeedbackRequest(BaseModel):
@@ -190,12 +205,32 @@ class Health(BaseModel):
     redis: Literal["up", "down"] | None = None
 
 
+# ----- Open Inference Protocol (v2) responses -----
+
+
+class OipError(BaseModel):
+    """The protocol's error body on every /v2 route."""
+
+    error: str
+
+
 class V2Live(BaseModel):
     live: bool
 
 
 class V2Ready(BaseModel):
     ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
 
 
 class TensorMetadata(BaseModel):
@@ -216,7 +251,8 @@ class InferOutputTensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[float] | list[int]
+    data: list[float] | list[int] | None = None
+    parameters: dict[str, int] | None = None
 
 
 class InferResponse(BaseModel):

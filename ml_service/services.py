@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import anyio
+import numpy as np
+import numpy.typing as npt
 
 from . import metrics
 from .audit import AuditLog
@@ -108,6 +110,27 @@ class Services:
                 "detail": reason,
             }
         )
+
+    async def predict(
+        self, model: LoadedModel, X: npt.NDArray[np.float64], request_id: str
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.intp]]:
+        """Class probabilities and indices for the rows of ``X``, with the side effects every
+        prediction has (metrics, drift monitor, the record /feedback looks up)."""
+        if model.backend == "sklearn":
+            # scikit-learn's predict_proba takes milliseconds; keep the event loop free.
+            probas = await anyio.to_thread.run_sync(model.predict_proba, X)
+        else:
+            probas = model.predict_proba(X)
+        classes = probas.argmax(axis=1)
+        names = model.class_names
+        for c in classes.tolist():
+            metrics.PREDICTIONS.labels(names[c], model.version).inc()
+        try:
+            self.monitor.observe(model, X, probas)
+        except Exception:
+            log.exception("prediction monitor failed")
+        self.redis.remember_prediction(request_id, classes.tolist(), model.version)
+        return probas, classes
 
     def publish_model(self) -> None:
         model = self.registry.active

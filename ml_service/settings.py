@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # The Open Inference Protocol over gRPC (h2c, on the same host); unset: no gRPC listener.
+    grpc_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     # Addresses whose X-Forwarded-For is believed (Traefik); passed to uvicorn.
     forwarded_allow_ips: str = "127.0.0.1"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

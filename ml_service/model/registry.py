@@ -197,6 +197,17 @@ class ModelRegistry:
             self._last_reverify = time.monotonic()
             return self._reverify_active()
 
+    def build_version(self, version: str) -> LoadedModel:
+        """Verify and build ``version`` without activating it (requests naming a version).
+
+        Raises ``KeyError`` for an unknown version and ``ModelIntegrityError`` for one that
+        fails verification (reported once, like a refused version at load time).
+        """
+        active = self._active
+        if active is not None and active.version == version:
+            return active
+        return self._verify_and_build(version, report="once")
+
     def versions(self) -> list[ModelVersionInfo]:
         """Every version directory, newest first, with its verification status (no unpickling)."""
         active = self._active

@@ -175,7 +175,7 @@ def test_schema_check_catches_a_wrong_option() -> None:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_router_is_https_only(rendered: dict[str, Path], variant: str) -> None:
     routers = _merged_http(rendered[variant])["routers"]
-    assert set(routers) == {"api", "api-token", "dev", "metrics"}
+    assert set(routers) == {"api", "api-token", "api-grpc", "dev", "metrics"}
     for name, router in routers.items():
         assert router.get("entryPoints") == ["websecure"], name
         assert isinstance(router.get("tls"), dict), f"router {name} has no tls section"
@@ -224,7 +224,7 @@ def test_metrics_route_has_allowlist_then_basic_auth_from_a_file(
     assert chain[kinds.index("ipAllowList")]["ipAllowList"]["sourceRange"]
 
 
-@pytest.mark.parametrize("router", ["api", "api-token", "dev", "metrics"])
+@pytest.mark.parametrize("router", ["api", "api-token", "api-grpc", "dev", "metrics"])
 def test_every_route_sends_security_headers(rendered: dict[str, Path], router: str) -> None:
     chain = _middlewares_of(_merged_http(rendered["defaults"]), router)
     headers = [m["headers"] for m in chain if "headers" in m]

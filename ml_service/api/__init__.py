@@ -1,0 +1,1 @@
+"""HTTP and gRPC front ends (transport only; the logic lives below them)."""
