@@ -52,7 +52,7 @@ def test_a_backup_saves_every_part_of_the_appliance(host, two_backups):
         "/etc/appliance/pki/ca.key",
         "/etc/appliance/secrets/restic-password",
         "/var/lib/appliance/ml-api/users/users.json",
-        "/srv/appliance/models/iris/ACTIVE",
+        "/manifest.sig",  # a signed model version of the registry
         "/var/log/appliance/ml-api/audit.log",
         "/var/lib/appliance-backup/stage/redis/appendonlydir/appendonly.aof.manifest",
     ):
