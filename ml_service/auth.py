@@ -26,6 +26,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 }
 
 SCRAPER = "prometheus-scrape"
+# Role of the scrape token only: no access token can carry it (roles are from ROLES), unlike
+# the name, which a user could also have.
+SCRAPER_ROLE = "scraper"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="ml-api"'}
 
 
@@ -71,8 +74,8 @@ def require(
             and scrape is not None
             and hmac.compare_digest(token.encode(), scrape.encode())
         ):
-            info.user, info.role = SCRAPER, "scraper"
-            return Principal(SCRAPER, "scraper", "", 0)
+            info.user, info.role = SCRAPER, SCRAPER_ROLE
+            return Principal(SCRAPER, SCRAPER_ROLE, "", 0)
         try:
             claims = services.tokens.verify(token)
         except TokenError as exc:

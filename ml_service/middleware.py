@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
 from .audit import AuditLog
-from .auth import SCRAPER
+from .auth import SCRAPER_ROLE
 from .errors import error_body_bytes
 from .logs import request_id_var
 
@@ -130,7 +130,7 @@ class ServiceMiddleware:
                 status = message["status"]
                 audited = True
                 written = self._audit(scope, info, status, time.perf_counter() - started)
-                if not written and info.user != SCRAPER:
+                if not written and info.role != SCRAPER_ROLE:
                     dropping = True
                     status = 503
                     await _send_error(send, 503, _AUDIT_FAILED, extra_headers())

@@ -31,6 +31,12 @@ def _nested_signature(d: Path, good: Path) -> None:
     (d / "manifest.sig").write_text("[" * 100_000)
 
 
+def _nested_signature_under_the_cap(d: Path, good: Path) -> None:
+    # Below 64 KiB, so the parser itself meets it (RecursionError in json).
+    shutil.copy(good / "manifest.json", d / "manifest.json")
+    (d / "manifest.sig").write_text("[" * 60_000)
+
+
 def _fifo_manifest(d: Path, good: Path) -> None:
     os.mkfifo(d / "manifest.json")
     shutil.copy(good / "manifest.sig", d / "manifest.sig")
@@ -64,6 +70,7 @@ def _symlinked_version(d: Path, good: Path) -> None:
 
 CASES: dict[str, Callable[[Path, Path], None]] = {
     "signature_of_100000_brackets": _nested_signature,
+    "signature_of_60000_brackets": _nested_signature_under_the_cap,
     "fifo_manifest": _fifo_manifest,
     "fifo_signature": _fifo_signature,
     "symlinked_manifest": _symlinked_manifest,

@@ -51,8 +51,14 @@ def review(
         redis_server,
         trained_models,
         model_keys,
-        # One hash may wait behind each worker's 4 running ones: a full queue is reachable.
-        {"ML_SERVICE_KEY_PREFIX": PREFIX, "ML_SERVICE_LOGIN_HASH_QUEUE": "1"},
+        {
+            "ML_SERVICE_KEY_PREFIX": PREFIX,
+            # One hash may wait behind each worker's 4 running ones: a full queue is reachable.
+            "ML_SERVICE_LOGIN_HASH_QUEUE": "1",
+            # A burst of 50 shares 16 pooled Redis connections per worker; on a loaded machine
+            # the default 2 s wait for one can pass, which counts as an outage (503).
+            "ML_SERVICE_REDIS_TIMEOUT_SECONDS": "5",
+        },
     )
     for name in ("burst-victim", "changer", "promoted"):
         d.add_user(name, "viewer", PASSWORD)
