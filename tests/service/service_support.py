@@ -290,6 +290,8 @@ def _users_file_template(directory: Path) -> Path:
     global _users_template
     if _users_template is None or not _users_template.exists():
         path = directory / "users-template.json"
+        # A setup cut short (a timeout) leaves some users behind: start from scratch.
+        path.unlink(missing_ok=True)
         users = [(u, ROLES[u], p) for u, p in PASSWORDS.items()]
         users += [(u, "predictor", LIMITED_PASSWORD) for u in LIMITED_USERS]
         for name, role, password in users:
