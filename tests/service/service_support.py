@@ -59,13 +59,15 @@ class RedisServer:
     password: str
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    # Persistence lines of redis.conf; the default keeps nothing (tests that need it say so).
+    persistence: str = 'save ""\nappendonly no\n'
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         conf = self.directory / "redis.conf"
         conf.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\nrequirepass {self.password}\n"
-            'save ""\nappendonly no\nprotected-mode yes\n'
+            f"{self.persistence}protected-mode yes\n"
         )
         self.proc = subprocess.Popen(
             ["redis-server", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -288,6 +290,8 @@ def _users_file_template(directory: Path) -> Path:
     global _users_template
     if _users_template is None or not _users_template.exists():
         path = directory / "users-template.json"
+        # A setup cut short (a timeout) leaves some users behind: start from scratch.
+        path.unlink(missing_ok=True)
         users = [(u, ROLES[u], p) for u, p in PASSWORDS.items()]
         users += [(u, "predictor", LIMITED_PASSWORD) for u in LIMITED_USERS]
         for name, role, password in users:

@@ -1,0 +1,112 @@
+"""SIGTERM under load, sent to every process of the service at once (as systemd does with
+KillMode=control-group): requests in flight complete, no accepted request is dropped, the
+service exits cleanly, and every request it answered has its audit record.
+
+Known and tolerated here (counted, not failed): connections still waiting in the listen
+backlog when uvicorn closes its listener are reset by the kernel before any worker reads
+them (seen as "Connection reset by peer" on the first read). Only a listening socket that
+outlives the service (systemd socket activation) avoids that; a worker that drops a request
+it accepted shows up instead as a disconnect without a response, which fails the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from service_support import (
+    PASSWORDS,
+    ROW,
+    RedisServer,
+    Server,
+    bearer,
+    limited_overrides,
+    make_deployment,
+)
+from waiting import wait_until
+
+from ml_service.model.testing import SigningKeys
+
+CLIENTS = 12
+
+
+def test_sigterm_under_load_completes_in_flight_requests(
+    tmp_path: Path, redis_server: RedisServer, trained_models: Path, model_keys: SigningKeys
+) -> None:
+    d = make_deployment(
+        tmp_path / "d",
+        redis_server,
+        trained_models,
+        model_keys,
+        {"ML_SERVICE_KEY_PREFIX": "term", "ML_SERVICE_USER_RATE_LIMITS": limited_overrides()},
+    )
+    server = Server(d, workers=2)
+    server.start()
+    try:
+        headers = {**bearer(server.token("paul-predictor")), "Connection": "close"}
+        credentials = {"username": "paul-predictor", "password": PASSWORDS["paul-predictor"]}
+        served: list[tuple[float, float, str]] = []  # (sent, answered, request id)
+        problems: list[str] = []
+        backlog_resets: list[str] = []
+        refused = threading.Event()
+        lock = threading.Lock()
+
+        def client(i: int) -> None:
+            # A new connection per request: after the signal the listener closes, and a new
+            # connection is then refused (the expected end), never reset mid-request. Half
+            # the clients log in: argon2 makes each login a request that is long in flight.
+            login = i % 2 == 0
+            while not refused.is_set():
+                sent = time.monotonic()
+                try:
+                    if login:
+                        r = httpx.post(server.url + "/token", data=credentials, timeout=30)
+                    else:
+                        r = httpx.post(server.url + "/predict", json={"features": ROW},
+                                       headers=headers, timeout=30)  # fmt: skip
+                except httpx.ConnectError:
+                    refused.set()
+                    return
+                except httpx.ReadError as exc:
+                    if "reset by peer" not in str(exc):
+                        problems.append(f"{type(exc).__name__}: {exc}")
+                    backlog_resets.append(str(exc))
+                    refused.set()
+                    return
+                except httpx.HTTPError as exc:
+                    problems.append(f"{type(exc).__name__}: {exc}")
+                    return
+                if r.status_code != 200:
+                    problems.append(f"{r.status_code} {r.text[:200]}")
+                    return
+                with lock:
+                    served.append((sent, time.monotonic(), r.headers["x-request-id"]))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(served) >= 30 or problems, "30 requests served", timeout=120)
+        assert server.proc is not None
+        signalled = time.monotonic()
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        assert server.proc.wait(60) == 0, server.log_path.read_text()[-3000:]  # type: ignore[union-attr]
+    finally:
+        server.stop()
+    assert problems == [], problems[:5]
+    assert refused.is_set(), "no client saw the listener close"
+    across = [rid for sent, answered, rid in served if sent < signalled < answered]
+    assert across, "no request was in flight when the signal came: the test showed nothing"
+    records = [json.loads(x) for x in d.audit_log.read_text().splitlines()]
+    audited = {x["request_id"] for x in records if x["action"] in ("predict", "auth.login")}
+    missing = [rid for _, _, rid in served if rid not in audited]
+    assert missing == [], f"{len(missing)} of {len(served)} served requests have no audit record"
+
+
+pytestmark = pytest.mark.timeout(300)
