@@ -17,7 +17,7 @@ APT_PACKAGES = $(shell sed -e 's/\#.*//' .ci/apt-packages.txt)
 # own. `make scenario S=services` still runs one alone.
 FOLDED_SCENARIOS = services ml_service
 ALL_SCENARIOS = $(filter-out shared,$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
-# The appliance last: the longest, and it needs what the others test first.
+# The appliance last: it is the longest, so the quick scenarios report first.
 SCENARIOS = $(sort $(filter-out appliance $(FOLDED_SCENARIOS),$(ALL_SCENARIOS))) $(filter appliance,$(ALL_SCENARIOS))
 PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
 PY_DIRS = $(wildcard ml_service workspace tests molecule scripts benchmarks)

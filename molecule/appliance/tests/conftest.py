@@ -17,6 +17,9 @@ REPLACED = {
     ("services", "test_traefik.py", "test_api_answers_503_until_it_is_deployed"): (
         "test_appliance.py::test_api_answers_503_while_it_is_stopped"
     ),
+    ("services", "test_traefik.py", "test_access_log_lines_are_json"): (
+        "test_appliance.py::test_access_log_records_the_api_status (the API's 404)"
+    ),
     ("services", "test_prometheus.py", "test_all_targets_up"): (
         "test_appliance.py::test_prometheus_scrapes_every_target (with the ml-api job)"
     ),

@@ -3,6 +3,7 @@ appliance CA (the data scientist's smoke-test client, run on the host), Promethe
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -65,8 +66,8 @@ def test_prometheus_scrapes_every_target(host):
     assert up == dict.fromkeys(expected, "1"), out.stdout + out.stderr
 
 
-def _ready_status(host) -> int:
-    """HTTP status of /v2/health/ready through Traefik, from the controller (curl, appliance CA)."""
+def _api_status(host, path: str = "/v2/health/ready", *args: str) -> int:
+    """HTTP status of an API path through Traefik, from the controller (curl, appliance CA)."""
     address = host.ansible.get_variables()["ansible_host"]
     with tempfile.NamedTemporaryFile("w", suffix=".crt") as ca:
         ca.write(host.file("/etc/appliance/ca.crt").content_string)
@@ -74,7 +75,7 @@ def _ready_status(host) -> int:
         result = subprocess.run(
             ["curl", "-sS", "--max-time", "10", "--cacert", ca.name,
              "--resolve", f"api.localhost:443:{address}", "-o", "/dev/null", "-w", "%{http_code}",
-             "https://api.localhost/v2/health/ready"],
+             *args, f"https://api.localhost{path}"],
             capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -85,7 +86,7 @@ def _poll_status(host, wanted: int, seconds: float) -> list[int]:
     seen = []
     deadline = time.monotonic() + seconds
     while not seen or (seen[-1] != wanted and time.monotonic() < deadline):
-        seen.append(_ready_status(host))
+        seen.append(_api_status(host))
         if seen[-1] != wanted:
             time.sleep(1)
     return seen
@@ -102,3 +103,16 @@ def test_api_answers_503_while_it_is_stopped(host):
         assert host.run(AS_SERVICE + "systemctl --user start ml-api.service").rc == 0
     seen = _poll_status(host, 200, 180)
     assert seen[-1] == 200, seen
+
+
+def test_access_log_records_the_api_status(host):
+    """One JSON line per request in Traefik's access log, with the API's answer, no credentials."""
+    status = _api_status(host, "/access-log-probe", "-H", "Authorization: Bearer probe-token")
+    log = "/var/log/appliance/traefik/access.log"
+    assert host.file(log).user == "appliance"
+    records = [json.loads(line) for line in host.check_output(f"tail -n 20 {log}").splitlines()]
+    probe = [r for r in records if r.get("RequestPath") == "/access-log-probe"]
+    assert probe, "the probe request is missing from the access log"
+    assert probe[-1]["RequestHost"] == "api.localhost"
+    assert probe[-1]["DownstreamStatus"] == status == 404
+    assert "probe-token" not in json.dumps(probe[-1]), "request credentials leaked into the log"
