@@ -72,7 +72,8 @@ _request_children: dict[tuple[str, str, int], object] = {}
 _duration_children: dict[str, object] = {}
 # Label values come from fixed sets only: a client-chosen method (PROPFIND, MKCOL, ...) must
 # not open a new series. Routes are templates or "unmatched"; statuses are what the app sends.
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+# GRPC: the gRPC front end's calls (ml_service/api/oip_grpc.py), one fixed label like the rest.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "GRPC"})
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
