@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from local_playbook import run_local_playbook
 
 from ml_service.audit import AuditLog
 
@@ -51,27 +52,7 @@ PLAYBOOK = """
 def _ansible(tmp: Path, out: Path, extra: dict[str, Any]) -> subprocess.CompletedProcess[str]:
     playbook = tmp / "render.yml"
     playbook.write_text(PLAYBOOK.format(role=ROLE, out=out), encoding="utf-8")
-    ansible_playbook = shutil.which("ansible-playbook") or str(
-        Path(sys.executable).parent / "ansible-playbook"
-    )
-    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCALHOST_WARNING": "0"}
-    return subprocess.run(
-        [
-            ansible_playbook,
-            "-i",
-            "localhost,",
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-            "-e",
-            json.dumps(extra),
-            str(playbook),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    return run_local_playbook(playbook, extra)
 
 
 def _entry(log_dir: Path, **more: Any) -> dict[str, Any]:

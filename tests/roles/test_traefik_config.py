@@ -9,16 +9,13 @@ metrics route, TLS 1.2+, security headers, and a container unit that publishes o
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from local_playbook import run_local_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "traefik"
@@ -98,27 +95,7 @@ def _render(tmp: Path, name: str, extra: dict[str, Any]) -> Path:
         PLAYBOOK.format(role=ROLE, out=out, dynamic=json.dumps(list(DYNAMIC_FILES))),
         encoding="utf-8",
     )
-    ansible_playbook = shutil.which("ansible-playbook") or str(
-        Path(sys.executable).parent / "ansible-playbook"
-    )
-    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCALHOST_WARNING": "0"}
-    result = subprocess.run(
-        [
-            ansible_playbook,
-            "-i",
-            "localhost,",
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-            "-e",
-            json.dumps(extra),
-            str(playbook),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    result = run_local_playbook(playbook, extra)
     assert result.returncode == 0, f"rendering failed:\n{result.stdout}\n{result.stderr}"
     return out
 

@@ -1,0 +1,36 @@
+"""Run a playbook on the controller itself, the way the role tests render templates."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def run_local_playbook(playbook: Path, extra: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """``ansible-playbook`` against localhost with this interpreter and ``extra`` as vars."""
+    ansible_playbook = shutil.which("ansible-playbook") or str(
+        Path(sys.executable).parent / "ansible-playbook"
+    )
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCALHOST_WARNING": "0"}
+    return subprocess.run(
+        [
+            ansible_playbook,
+            "-i",
+            "localhost,",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            "-e",
+            json.dumps(extra),
+            str(playbook),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
