@@ -127,6 +127,7 @@ class VerifyResult:
     message: str
     first_seq: int | None = None
     last_hash: str | None = None
+    last_seq: int | None = None
 
 
 def verify_lines(
@@ -171,7 +172,7 @@ def verify_lines(
                 )
         prev_hash, prev_seq = record["hash"], record["seq"]
         count += 1
-    return VerifyResult(True, count, "ok", first_seq, prev_hash)
+    return VerifyResult(True, count, "ok", first_seq, prev_hash, prev_seq)
 
 
 def _head_of(path: Path) -> tuple[int, str] | None:
@@ -203,11 +204,8 @@ def verify_files(paths: list[Path], allow_continuation: bool = False) -> VerifyR
         if first_seq is None:
             first_seq = result.first_seq
         total += result.records
-        if result.last_hash is not None:
-            prev_hash = result.last_hash
-            with open_log(path) as fh:
-                last = fh.readlines()[-1]
-            prev_seq = orjson.loads(last)["seq"]
+        # An empty file (a live log rotated just before) carries the chain on unchanged.
+        prev_hash, prev_seq = result.last_hash, result.last_seq
         cut = head is not None and prev_seq is not None and head[0] >= prev_seq
         if cut and (head[0] > prev_seq or head[1] != prev_hash):  # type: ignore[index,operator]
             return VerifyResult(

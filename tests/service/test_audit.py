@@ -119,6 +119,22 @@ def test_chain_continues_across_logrotate(tmp_path: Path) -> None:
     assert code == 1
 
 
+def test_live_log_empty_after_rotation_verifies(tmp_path: Path) -> None:
+    """Rotated with no record since: the new live file is empty and the chain ends in the
+    rotated one (the case a rotation right after the last request leaves)."""
+    path = tmp_path / "audit.log"
+    _write(path, 5)
+    path.rename(tmp_path / "audit.log.1")
+    path.touch()
+    code, out = _verify(tmp_path / "audit.log.1", path)
+    assert code == 0 and "5 records" in out, out
+    # A line cut from the end of the rotated file still shows against the head file.
+    rotated = tmp_path / "audit.log.1"
+    rotated.write_text("".join(rotated.read_text().splitlines(keepends=True)[:-1]))
+    code, out = _verify(rotated, path)
+    assert code == 1, out
+
+
 def test_concurrent_processes_keep_one_chain(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     ctx = multiprocessing.get_context("spawn")
