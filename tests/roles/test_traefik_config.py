@@ -44,8 +44,10 @@ PLAYBOOK = """
     - {role}/defaults/main.yml
     - {role}/vars/main.yml
   vars:
-    __traefik_uid: "999"
-    __traefik_gid: "999"
+    # facts the podman role's service entry point gives the unit template
+    podman_user_uid: "999"
+    podman_user_gid: "999"
+    podman_service_image: localhost/appliance/traefik:local
     out: {out}
     variant: {{}}
   tasks:
