@@ -85,7 +85,7 @@ test: deps
 
 # -k: every linter runs even when an earlier one fails, so one run shows all findings.
 lint:
-	@$(MAKE) --no-print-directory -k yamllint ansible-lint ruff shellcheck syntax
+	@$(MAKE) --no-print-directory -k yamllint ansible-lint ruff shellcheck syntax role-docs-check
 
 yamllint:
 	yamllint --strict .
@@ -151,3 +151,11 @@ check-up:
 
 down:
 	scripts/nspawn-machine.sh destroy mol-appliance
+
+# docs/variables.md is generated from each role's meta/argument_specs.yml (the single source).
+.PHONY: role-docs role-docs-check
+role-docs:
+	$(BIN)/python scripts/role_docs.py
+
+role-docs-check:
+	$(BIN)/python scripts/role_docs.py --check
