@@ -59,6 +59,14 @@ def test_a_backup_saves_every_part_of_the_appliance(host, two_backups):
         assert wanted in listing, wanted
 
 
+def test_the_status_command_reports_the_last_backup(host, two_backups):
+    _, second = two_backups
+    out = host.run("/usr/local/sbin/appliance status")
+    snapshots = int(second["appliance_backup_snapshots"])
+    assert f", {snapshots} snapshot(s)" in out.stdout, out.stdout
+    assert "backup: last success 0." in out.stdout, out.stdout  # minutes ago: "0.x h ago"
+
+
 def test_a_damaged_pack_fails_the_check_and_its_metric(host, two_backups):
     assert host.run("systemctl start appliance-backup-check.service").rc == 0
     assert _metrics(host, CHECK_METRICS)["appliance_backup_check_success"] == 1
@@ -70,6 +78,9 @@ def test_a_damaged_pack_fails_the_check_and_its_metric(host, two_backups):
         check = host.run("APPLIANCE_BACKUP_CHECK_SUBSET=100% appliance-backup check")
         assert check.rc != 0
         assert _metrics(host, CHECK_METRICS)["appliance_backup_check_success"] == 0
+        # The operator's status names it too, and fails.
+        status = host.run("/usr/local/sbin/appliance status")
+        assert status.rc == 1 and "backup check: the last repository check failed" in status.stdout
     finally:
         host.run(f"cp -p /root/pack.orig {pack}")
     assert host.run("APPLIANCE_BACKUP_CHECK_SUBSET=100% appliance-backup check").rc == 0
