@@ -12,16 +12,14 @@ export ANSIBLE_GALAXY_DISABLE_GPG_VERIFY := 1
 
 # Debian packages of the tests, `make up` and CI: the one list, .ci/apt-packages.txt.
 APT_PACKAGES = $(shell sed -e 's/\#.*//' .ci/apt-packages.txt)
-# The appliance scenario converges everything services and ml_service converge and collects their
-# test directories (molecule/appliance/molecule.yml): CI runs them there, not on machines of their
-# own. `make scenario S=services` still runs one alone.
+# The appliance scenario converges everything default, services and ml_service converge and
+# collects the services and ml_service test directories (molecule/appliance/molecule.yml): CI
+# runs them there, not on machines of their own, and builds each image once. `make scenario
+# S=services` still runs one alone (services also proves check mode and one-service restarts).
 FOLDED_SCENARIOS = services ml_service
 ALL_SCENARIOS = $(filter-out shared,$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
-# The appliance last: it is the longest, so the quick scenarios report first.
-# For now CI runs services and ml_service on machines of their own and not the appliance: the
-# whole site has not yet passed converge, idempotence and verify in one run with this stop's
-# roles (make scenario S=appliance runs it; its first try stopped at a Redis ACL gap, fixed).
-SCENARIOS = $(sort $(filter-out appliance,$(ALL_SCENARIOS)))
+# host_security first, the appliance last: it is the longest, so the quick one reports first.
+SCENARIOS = host_security appliance
 PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
 PY_DIRS = $(wildcard ml_service workspace tests molecule scripts benchmarks)
 
@@ -124,7 +122,7 @@ molecule:
 	[[ -z "$$failed" ]] || { echo "failed scenarios:$$failed"; exit 1; }
 
 scenario:
-	@[[ -n "$(S)" ]] || { echo "usage: make scenario S=<name>  (one of: $(SCENARIOS))"; exit 2; }
+	@[[ -n "$(S)" ]] || { echo "usage: make scenario S=<name>  (one of: $(sort $(ALL_SCENARIOS)))"; exit 2; }
 	molecule test -s $(S)
 
 base-image:
