@@ -13,10 +13,11 @@ PROM = "/var/lib/prometheus/node-exporter/appliance_reboot_required.prom"
 # codename <release>-security), one the point-release archive (label Debian). Without them the
 # dry run may have no candidate at all, and a check over its candidates would pass on nothing.
 PROBE_REPO = r"""
-import hashlib, subprocess, sys, time
+import hashlib, os, subprocess, sys, time
 from pathlib import Path
 
 root, codename = Path(sys.argv[1]), sys.argv[2]
+os.umask(0o022)  # the hardened host's is 027; dpkg-deb and apt's _apt need 0755
 
 
 def build(name, version):
