@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -80,9 +82,19 @@ def server(deployment: Deployment) -> Iterator[Server]:
     srv.stop()
 
 
-@pytest.fixture(scope="session")
+_issued: dict[str, Any] = {}
+# Access tokens live 15 minutes (the service's default, which test_tokens checks); a whole
+# run on a loaded machine takes longer, so the shared tokens are renewed well before that.
+_RENEW_AFTER_SECONDS = 600
+
+
+@pytest.fixture
 def tokens(server: Server) -> dict[str, str]:
-    return {role: server.token(user) for user, role in ROLES.items()}
+    """An access token per role for the session's server, renewed after 10 minutes."""
+    if not _issued or time.monotonic() - _issued["at"] > _RENEW_AFTER_SECONDS:
+        _issued["tokens"] = {role: server.token(user) for user, role in ROLES.items()}
+        _issued["at"] = time.monotonic()
+    return dict(_issued["tokens"])
 
 
 @pytest.fixture(scope="session")
