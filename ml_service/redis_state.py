@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from . import metrics
@@ -222,7 +223,11 @@ class RedisState:
 
     async def probe(self) -> bool:
         try:
-            await self.client.ping()
+            try:
+                await self.client.ping()
+            except RedisConnectionError:
+                # A pooled connection of a Redis that restarted: redis-py dropped it, try a new one.
+                await self.client.ping()
             await self._sync_revoked()
         except (TimeoutError, RedisError, OSError) as exc:
             self._mark_down(exc)
@@ -243,12 +248,20 @@ class RedisState:
             await asyncio.sleep(self._settings.redis_probe_seconds)
             await self.probe()
 
-    async def _call(self, coro):  # type: ignore[no-untyped-def]
+    async def _call(self, call):  # type: ignore[no-untyped-def]
+        """Run one Redis command (a zero-argument callable making the coroutine).
+
+        A pooled connection that died with a restarted Redis fails before the command is sent;
+        redis-py drops it, so the command is tried once more on a new connection before the
+        worker falls back to its local state (which may not know a revocation made meanwhile).
+        Were a rate-limit hit ever counted twice, the limit would be stricter, never looser."""
         if not self.up:
-            coro.close()
             raise RedisUnavailable
         try:
-            return await coro
+            try:
+                return await call()
+            except RedisConnectionError:
+                return await call()
         except (TimeoutError, RedisError, OSError) as exc:
             self._mark_down(exc)
             raise RedisUnavailable from exc
@@ -270,7 +283,7 @@ class RedisState:
             args += [f"{version} {' '.join(map(str, classes))}" for _, version, classes in batch]
         try:
             allowed, retry_us, remaining, reset_us = await self._call(
-                self._authorize(keys=keys, args=args)
+                lambda: self._authorize(keys=keys, args=args)
             )
         except RedisUnavailable:
             if jti in self.local_revoked:
@@ -300,7 +313,7 @@ class RedisState:
         s = self._settings
         return int(
             await self._call(
-                self._login_reserve(
+                lambda: self._login_reserve(
                     keys=self._login_keys(username, ip),
                     args=[
                         s.login_max_failures_per_user,
@@ -312,13 +325,13 @@ class RedisState:
         )
 
     async def login_succeeded(self, username: str, ip: str) -> None:
-        await self._call(self._login_refund(keys=self._login_keys(username, ip), args=[]))
+        await self._call(lambda: self._login_refund(keys=self._login_keys(username, ip), args=[]))
 
     async def login_not_attempted(self, username: str, ip: str) -> None:
-        await self._call(self._login_release(keys=self._login_keys(username, ip), args=[]))
+        await self._call(lambda: self._login_release(keys=self._login_keys(username, ip), args=[]))
 
     async def revoke(self, jti: str, exp: int) -> None:
-        await self._call(self._revoke(keys=[self._revoked], args=[jti, exp, time.time()]))
+        await self._call(lambda: self._revoke(keys=[self._revoked], args=[jti, exp, time.time()]))
         self.local_revoked[jti] = exp
 
     def remember_prediction(self, request_id: str, classes: list[int], version: str) -> None:
@@ -347,7 +360,7 @@ class RedisState:
         args: list[str | int] = [self._settings.feedback_ttl_seconds]
         args += [f"{version} {' '.join(map(str, classes))}" for _, version, classes in batch]
         with contextlib.suppress(RedisUnavailable):
-            await self._call(self._remember_script(keys=keys, args=args))
+            await self._call(lambda: self._remember_script(keys=keys, args=args))
 
     async def feedback(
         self, request_id: str, instance: int, label: int, n_classes: int
@@ -355,7 +368,7 @@ class RedisState:
         """Consume the stored prediction: (predicted class, correct, model version). Predicted
         is -1 when it is unknown, expired or already rated, -2 when the label is not a class."""
         predicted, correct, version = await self._call(
-            self._feedback(
+            lambda: self._feedback(
                 keys=[self._pred + request_id], args=[str(instance), str(label), n_classes]
             )
         )

@@ -55,6 +55,7 @@ def test_sigterm_under_load_completes_in_flight_requests(
         backlog_resets: list[str] = []
         refused = threading.Event()
         lock = threading.Lock()
+        in_flight = [0]  # requests sent and not yet answered (or failed)
 
         def client(i: int) -> None:
             # A new connection per request: after the signal the listener closes, and a new
@@ -65,6 +66,8 @@ def test_sigterm_under_load_completes_in_flight_requests(
             login = i % 3 == 0
             while not refused.is_set():
                 sent = time.monotonic()
+                with lock:
+                    in_flight[0] += 1
                 try:
                     if login:
                         r = httpx.post(server.url + "/token", data=credentials, timeout=30)
@@ -83,6 +86,9 @@ def test_sigterm_under_load_completes_in_flight_requests(
                 except httpx.HTTPError as exc:
                     problems.append(f"{type(exc).__name__}: {exc}")
                     return
+                finally:
+                    with lock:
+                        in_flight[0] -= 1
                 if r.status_code != 200:
                     problems.append(f"{r.status_code} {r.text[:200]}")
                     return
@@ -93,6 +99,9 @@ def test_sigterm_under_load_completes_in_flight_requests(
         for t in threads:
             t.start()
         wait_until(lambda: len(served) >= 30 or problems, "30 requests served", timeout=120)
+        # Signal while several requests are in flight (on a loaded machine the client threads
+        # can all be between requests at one instant, and the test would then show nothing).
+        wait_until(lambda: in_flight[0] >= 3 or problems, "3 requests in flight", timeout=60)
         assert server.proc is not None
         signalled = time.monotonic()
         os.killpg(server.proc.pid, signal.SIGTERM)
