@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from on_host import api_status_on_host
 
 REPO = Path(__file__).resolve().parents[3]
 AS_SERVICE = "cd / && runuser -u appliance -- env XDG_RUNTIME_DIR=/run/user/$(id -u appliance) "
@@ -31,25 +32,10 @@ def test_smoke_test_client_through_traefik(host):
     assert out.rc == 0, out.stdout + out.stderr
 
 
-# Runs on the appliance: an anonymous prediction over HTTPS to Traefik, TLS checked against
-# the appliance CA with the API's name; prints the HTTP status line.
-ANONYMOUS_PREDICT = r"""
-import socket, ssl
-ctx = ssl.create_default_context(cafile="/etc/appliance/ca.crt")
-body = b'{"features": [5.1, 3.5, 1.4, 0.2]}'
-with ctx.wrap_socket(socket.create_connection(("127.0.0.1", 443), timeout=10),
-                     server_hostname="api.localhost") as tls:
-    head = (b"POST /predict HTTP/1.1\r\nHost: api.localhost\r\nConnection: close\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
-    tls.sendall(head + body)
-    print(tls.recv(4096).split(b"\r\n", 1)[0].decode())
-"""
-
-
 def test_api_refuses_anonymous_prediction_through_traefik(host):
-    out = host.run(f"python3 -c {shlex.quote(ANONYMOUS_PREDICT)}")
+    out = api_status_on_host(host, "POST", "/predict", '{"features": [5.1, 3.5, 1.4, 0.2]}')
     assert out.rc == 0, out.stderr
-    assert out.stdout.split()[1] == "401", out.stdout
+    assert out.stdout == "401", out.stdout
 
 
 def test_prometheus_scrapes_every_target(host):

@@ -8,25 +8,14 @@ rotated file is reported.
 
 from __future__ import annotations
 
-import shlex
 import time
 
 import pytest
+from on_host import api_status_on_host
 
 AS_SERVICE = "cd / && runuser -u appliance -- env XDG_RUNTIME_DIR=/run/user/$(id -u appliance) "
 AUDIT = "/var/log/appliance/ml-api/audit.log"
 ACCESS = "/var/log/appliance/traefik/access.log"
-# One request through Traefik: an access-log line and an audit record. Python on the host (it
-# has no curl), TLS checked against the appliance CA with the API's name; prints the status.
-REQUEST = "python3 -c " + shlex.quote(
-    "import socket, ssl\n"
-    "ctx = ssl.create_default_context(cafile='/etc/appliance/ca.crt')\n"
-    "s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', 443), timeout=10),"
-    " server_hostname='api.localhost')\n"
-    "s.sendall(b'GET /v2/health/ready HTTP/1.1\\r\\nHost: api.localhost\\r\\n"
-    "Connection: close\\r\\n\\r\\n')\n"
-    "print(s.recv(4096).split()[1].decode(), end='')\n"
-)
 
 
 def _lines(host, path: str) -> int:
@@ -45,14 +34,14 @@ def _until(predicate, what: str, timeout: float = 60) -> None:
 def rotated(host):
     """One forced rotation while the services run, with an anchor taken before and after."""
     assert host.run("logrotate --debug /etc/logrotate.d/appliance").rc == 0
-    assert host.run(REQUEST).stdout == "200"
+    assert api_status_on_host(host, "GET", "/v2/health/ready").stdout == "200"
     anchor = host.run("systemctl start appliance-audit-anchor.service")
     assert anchor.rc == 0, anchor.stderr
     result = host.run("logrotate --force --verbose /etc/logrotate.d/appliance")
     assert result.rc == 0, result.stdout + result.stderr
 
     def fresh_lines() -> bool:
-        host.run(REQUEST)
+        api_status_on_host(host, "GET", "/v2/health/ready")
         return _lines(host, AUDIT) > 0 and _lines(host, ACCESS) > 0
 
     _until(fresh_lines, "the API and Traefik to write to the new files")
