@@ -28,34 +28,56 @@ from .settings import Limit, Settings
 
 log = logging.getLogger("ml_service.redis")
 
-# KEYS[3..] / ARGV[5..]: predictions queued for /feedback ride along (see remember_prediction).
+# The rate-limit hits and denylist checks of every request that arrived while the previous
+# call was in flight, in one script call (one round trip, one reply to parse for the batch):
+# each hit is its own GCRA step, in arrival order, so a batch passes exactly as many requests
+# as the same requests one by one would. ARGV[1] = n (requests), ARGV[2] = feedback ttl, then
+# per request r: jti, interval, period (microseconds) at ARGV[3r .. 3r+2], its rate-limit key
+# at KEYS[r + 1]; KEYS[1] = the denylist. Predictions queued for /feedback ride along
+# (see remember_prediction): KEYS[n+2..] with "<version> <class of row 0> ..." at ARGV[3n+3..].
+# The reply is 4 values per request: allowed (1, 0 or -1 for revoked), retry, remaining, reset.
 _AUTHORIZE_LUA = """
-for i = 3, #KEYS do
-  local n = -1
-  for word in string.gmatch(ARGV[i + 2], '%S+') do
-    if n < 0 then redis.call('HSET', KEYS[i], 'v', word)
-    else redis.call('HSET', KEYS[i], tostring(n), word) end
-    n = n + 1
+local n = tonumber(ARGV[1])
+for i = n + 2, #KEYS do
+  local k = -1
+  for word in string.gmatch(ARGV[i + 2 * n + 1], '%S+') do
+    if k < 0 then redis.call('HSET', KEYS[i], 'v', word)
+    else redis.call('HSET', KEYS[i], tostring(k), word) end
+    k = k + 1
   end
-  redis.call('EXPIRE', KEYS[i], ARGV[4])
+  redis.call('EXPIRE', KEYS[i], ARGV[2])
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if ARGV[1] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-  return {-1, 0, 0, 0}
+local out = {}
+for r = 1, n do
+  local key = KEYS[r + 1]
+  local jti = ARGV[3 * r]
+  local interval = tonumber(ARGV[3 * r + 1])
+  local period = tonumber(ARGV[3 * r + 2])
+  if jti ~= '' and redis.call('ZSCORE', KEYS[1], jti) then
+    table.insert(out, -1); table.insert(out, 0); table.insert(out, 0); table.insert(out, 0)
+  else
+    local tat = tonumber(redis.call('GET', key) or now)
+    if tat < now then tat = now end
+    local new_tat = tat + interval
+    local allow_at = new_tat - period
+    if allow_at > now then
+      table.insert(out, 0)
+      table.insert(out, string.format('%d', allow_at - now))
+      table.insert(out, 0)
+      table.insert(out, string.format('%d', tat - now))
+    else
+      local ttl_ms = math.ceil((new_tat - now) / 1000) + 1
+      redis.call('SET', key, string.format('%d', new_tat), 'PX', ttl_ms)
+      table.insert(out, 1)
+      table.insert(out, 0)
+      table.insert(out, math.floor((period - (new_tat - now)) / interval))
+      table.insert(out, string.format('%d', new_tat - now))
+    end
+  end
 end
-local interval = tonumber(ARGV[2])
-local period = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - period
-if allow_at > now then
-  return {0, string.format('%d', allow_at - now), 0, string.format('%d', tat - now)}
-end
-local ttl_ms = math.ceil((new_tat - now) / 1000) + 1
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl_ms)
-return {1, 0, math.floor((period - (new_tat - now)) / interval), string.format('%d', new_tat - now)}
+return out
 """
 
 # One attempt reserved atomically before the password is hashed: refused (the wait in ms)
@@ -123,6 +145,8 @@ return #KEYS
 _REMEMBER_DELAY = 0.05
 _POOL_SIZE = 16
 _PIGGYBACK_MAX = 64
+# Rate-limit hits per script call: bounds the time one call keeps Redis busy.
+_AUTHORIZE_BATCH_MAX = 128
 
 
 class RedisUnavailable(Exception):
@@ -206,6 +230,9 @@ class RedisState:
         self._background: set[asyncio.Task[None]] = set()
         self._pending: list[tuple[str, str, list[int]]] = []
         self._flush_scheduled = False
+        # Rate-limit hits waiting for the next authorize call: (key, jti, interval, period, reply)
+        self._hits: list[tuple[str, str, int, int, asyncio.Future[list[bytes | int]]]] = []
+        self._hits_running = False
 
     # ----- health -----
 
@@ -226,7 +253,7 @@ class RedisState:
             try:
                 await self.client.ping()
             except RedisConnectionError:
-                # A pooled connection of a Redis that restarted: redis-py dropped it, try a new one.
+                # A pooled connection of a Redis that restarted: dropped, try a new one.
                 await self.client.ping()
             await self._sync_revoked()
         except (TimeoutError, RedisError, OSError) as exc:
@@ -272,19 +299,25 @@ class RedisState:
     # ----- requests -----
 
     async def authorize(self, user: str, endpoint_class: str, jti: str, limit: Limit) -> Decision:
-        """Denylist check + one rate-limit hit, atomically; falls back to the local limiter."""
+        """Denylist check + one rate-limit hit, atomically; falls back to the local limiter.
+
+        Concurrent requests share one script call (group commit): a hit queues here, the call
+        in flight takes no new hits, and the next call takes all that queued meanwhile."""
         interval_us = max(1, round(limit.period_seconds * 1_000_000 / limit.limit))
         period_us = interval_us * limit.limit
-        keys = [f"{self._rl}{user}:{endpoint_class}", self._revoked]
-        args: list[str | int] = [jti, interval_us, period_us, self._settings.feedback_ttl_seconds]
-        if self._pending:
-            batch, self._pending = self._pending[:_PIGGYBACK_MAX], self._pending[_PIGGYBACK_MAX:]
-            keys += [self._pred + request_id for request_id, _, _ in batch]
-            args += [f"{version} {' '.join(map(str, classes))}" for _, version, classes in batch]
         try:
-            allowed, retry_us, remaining, reset_us = await self._call(
-                lambda: self._authorize(keys=keys, args=args)
+            if not self.up:
+                raise RedisUnavailable
+            reply = asyncio.get_running_loop().create_future()
+            self._hits.append(
+                (f"{self._rl}{user}:{endpoint_class}", jti, interval_us, period_us, reply)
             )
+            if not self._hits_running:
+                self._hits_running = True
+                task = asyncio.get_running_loop().create_task(self._authorize_queued())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            allowed, retry_us, remaining, reset_us = map(int, await reply)
         except RedisUnavailable:
             if jti in self.local_revoked:
                 return Decision(False, True, limit.limit, 0, 0, 0, True)
@@ -293,17 +326,52 @@ class RedisState:
                 period_seconds=limit.period_seconds,
             )
             return self.local_limiter.hit((user, endpoint_class), scaled)
-        allowed = int(allowed)
         if allowed == -1:
             return Decision(False, True, limit.limit, 0, 0, 0)
         return Decision(
             allowed == 1,
             False,
             limit.limit,
-            int(remaining),
-            max(1, math.ceil(int(retry_us) / 1_000_000)) if allowed == 0 else 0,
-            math.ceil(int(reset_us) / 1_000_000),
+            remaining,
+            max(1, math.ceil(retry_us / 1_000_000)) if allowed == 0 else 0,
+            math.ceil(reset_us / 1_000_000),
         )
+
+    async def _authorize_queued(self) -> None:
+        try:
+            while self._hits:
+                batch = self._hits[:_AUTHORIZE_BATCH_MAX]
+                del self._hits[:_AUTHORIZE_BATCH_MAX]
+                keys = [self._revoked, *(key for key, _, _, _, _ in batch)]
+                args: list[str | int] = [len(batch), self._settings.feedback_ttl_seconds]
+                for _, jti, interval_us, period_us, _ in batch:
+                    args += [jti, interval_us, period_us]
+                if self._pending:
+                    queued = self._pending[:_PIGGYBACK_MAX]
+                    del self._pending[:_PIGGYBACK_MAX]
+                    keys += [self._pred + request_id for request_id, _, _ in queued]
+                    args += [f"{version} {' '.join(map(str, c))}" for _, version, c in queued]
+                try:
+                    values = await self._authorize_batch(keys, args)
+                except BaseException as exc:
+                    for *_, reply in batch:
+                        if not reply.done():
+                            reply.set_exception(RedisUnavailable())
+                    if isinstance(exc, RedisUnavailable):
+                        continue
+                    raise
+                for i, (*_, reply) in enumerate(batch):
+                    if not reply.done():
+                        reply.set_result(values[4 * i : 4 * i + 4])
+        finally:
+            self._hits_running = False
+            for *_, reply in self._hits:  # left behind by a cancellation (shutdown)
+                if not reply.done():
+                    reply.set_exception(RedisUnavailable())
+            self._hits.clear()
+
+    async def _authorize_batch(self, keys: list[str], args: list[str | int]) -> list[bytes | int]:
+        return await self._call(lambda: self._authorize(keys=keys, args=args))  # type: ignore[no-any-return]
 
     def _login_keys(self, username: str, ip: str) -> list[str]:
         return [self._fail_user + username, self._fail_ip + ip]
