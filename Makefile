@@ -23,7 +23,7 @@ SCENARIOS = host_security appliance
 PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
 PY_DIRS = $(wildcard ml_service workspace tests molecule scripts benchmarks)
 
-.PHONY: help deps apt-packages venv grpc-stubs test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up check-up down
+.PHONY: help deps apt-packages venv grpc-stubs bench test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up check-up down
 
 help:
 	@echo "make test            deps + lint + unit + molecule (everything CI runs; as root)"
@@ -34,6 +34,7 @@ help:
 	@echo "make grpc-stubs      regenerate ml_service/oip/proto/*_pb2*.py from the vendored .proto"
 	@echo "make lint            yamllint, ansible-lint, ruff, shellcheck, playbook syntax checks"
 	@echo "make unit            pytest tests/"
+	@echo "make bench           serving benchmark: the API next to the bare stack (a few minutes, wrk)"
 	@echo "make molecule        the scenarios CI runs: $(SCENARIOS)"
 	@echo "make scenario S=NAME one scenario (molecule test -s NAME), one of: $(sort $(ALL_SCENARIOS))"
 	@echo "make base-image      rebuild the cached Debian 13 root filesystem"
@@ -70,6 +71,12 @@ $(VENV)/.installed: requirements/dev.lock pyproject.toml
 grpc-stubs:
 	python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. \
 	  ml_service/oip/proto/open_inference_grpc.proto
+
+# The serving benchmark of issue 19 (needs wrk, redis-server and two CPUs); each run's figures go
+# to artifacts/bench/ and are compared with the previous run. BENCH_ARGS="--soak 60" adds the
+# 60 s run at c=32 whose slowest request is reported.
+bench: venv
+	python benchmarks/service/bench_serving.py $(BENCH_ARGS)
 
 # Every step runs even when an earlier one fails (one run shows every failure); the time and
 # result of each are printed at the end. Only missing dependencies stop it before the tests.
