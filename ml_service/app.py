@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 
 from . import __version__, errors, metrics
 from .api import oip
+from .hot_path import PredictHotPath, ServiceApp
 from .middleware import ServiceMiddleware
 from .oip.handlers import OipHandler
 from .routes_auth import router as auth_router
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from .api.oip_grpc import start_server
 
             grpc_server = await start_server(app, services, handler)
+        app.enter_at(ServiceMiddleware)  # type: ignore[attr-defined]
         log.info("worker %d ready", os.getpid())
         try:
             yield
@@ -47,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.stop()
             metrics.mark_process_dead(os.getpid())
 
-    app = FastAPI(
+    app = ServiceApp(
         title="ML inference API",
         version=__version__,
         description=(
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         audit=services.audit,
         expose_worker_id=settings.expose_worker_id,
+        hot_path=PredictHotPath(app, services),
     )
     _declare_bearer_auth(app)
     return app

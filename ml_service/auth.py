@@ -14,6 +14,7 @@ from .settings import EndpointClass
 from .tokens import Claims, TokenError
 
 if TYPE_CHECKING:
+    from .middleware import RequestInfo
     from .services import Services
     from .users import User
 
@@ -53,6 +54,90 @@ def _current(claims: Claims, user: User) -> bool:
     return claims.iat >= user.tokens_valid_after
 
 
+async def authenticate(
+    services: Services,
+    info: RequestInfo,
+    authorization: str | None,
+    permission: str | None,
+    endpoint_class: EndpointClass | None,
+    *,
+    scrape_token_ok: bool = False,
+) -> Principal:
+    """The check behind ``require`` (also called by the hot path of ``POST /predict``): the
+    principal of the ``Authorization`` header value, or an ApiError (401, 403, 429, 503)."""
+    # Parsed here rather than by fastapi.security.HTTPBearer: one dependency less per
+    # request on the hot path. The OpenAPI security scheme is declared in app.py.
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise unauthorized("missing")
+    scrape = services.settings.metrics_token
+    if (
+        scrape_token_ok
+        and scrape is not None
+        and hmac.compare_digest(token.encode(), scrape.encode())
+    ):
+        info.user, info.role = SCRAPER, SCRAPER_ROLE
+        return Principal(SCRAPER, SCRAPER_ROLE, "", 0)
+    try:
+        claims = services.tokens.verify(token)
+    except TokenError as exc:
+        info.detail = exc.reason
+        raise unauthorized(exc.reason) from None
+    user = services.users.get(claims.sub)
+    if user is None:
+        info.detail = "unknown_user"
+        raise unauthorized("unknown_user")
+    if user.role != claims.role or not _current(claims, user):
+        info.detail = "stale_token"
+        raise unauthorized("stale_token")
+    info.user, info.role = claims.sub, claims.role
+    if permission is not None and permission not in PERMISSIONS[claims.role]:
+        metrics.AUTH_FAILURES.labels("forbidden").inc()
+        info.detail = f"missing permission {permission}"
+        raise ApiError(
+            403,
+            f"role '{claims.role}' lacks the permission '{permission}'",
+            missing_permission=permission,
+        )
+    if endpoint_class is not None:
+        redis = services.redis
+        if endpoint_class == "admin" and not redis.up:
+            raise ApiError(
+                503,
+                "rate-limit store unavailable; admin calls are suspended",
+                headers={"Retry-After": "5"},
+            )
+        limit = services.settings.limit_for(claims.sub, claims.role, endpoint_class)
+        decision = await redis.authorize(claims.sub, endpoint_class, claims.jti, limit)
+        if decision.revoked:
+            info.detail = "revoked"
+            raise unauthorized("revoked")
+        if decision.degraded and endpoint_class == "admin":
+            raise ApiError(
+                503,
+                "rate-limit store unavailable; admin calls are suspended",
+                headers={"Retry-After": "5"},
+            )
+        info.ratelimit = (
+            decision.limit,
+            decision.remaining,
+            decision.reset,
+            limit.period_seconds,
+        )
+        if not decision.allowed:
+            metrics.RATE_LIMITED.labels(endpoint_class).inc()
+            info.detail = f"rate limited ({endpoint_class})"
+            raise ApiError(
+                429,
+                f"rate limit for '{endpoint_class}' exceeded",
+                headers={"Retry-After": str(decision.retry_after)},
+            )
+    elif claims.jti in services.redis.local_revoked:
+        raise unauthorized("revoked")
+    return Principal(claims.sub, claims.role, claims.jti, claims.exp)
+
+
 def require(
     permission: str | None, endpoint_class: EndpointClass | None, *, scrape_token_ok: bool = False
 ):  # type: ignore[no-untyped-def]
@@ -60,79 +145,14 @@ def require(
     ``endpoint_class`` (both optional)."""
 
     async def dependency(request: Request) -> Principal:
-        services: Services = request.app.state.services
-        info = request.scope["ml"]
-        # Parsed here rather than by fastapi.security.HTTPBearer: one dependency less per
-        # request on the hot path. The OpenAPI security scheme is declared in app.py.
-        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise unauthorized("missing")
-        scrape = services.settings.metrics_token
-        if (
-            scrape_token_ok
-            and scrape is not None
-            and hmac.compare_digest(token.encode(), scrape.encode())
-        ):
-            info.user, info.role = SCRAPER, SCRAPER_ROLE
-            return Principal(SCRAPER, SCRAPER_ROLE, "", 0)
-        try:
-            claims = services.tokens.verify(token)
-        except TokenError as exc:
-            info.detail = exc.reason
-            raise unauthorized(exc.reason) from None
-        user = services.users.get(claims.sub)
-        if user is None:
-            info.detail = "unknown_user"
-            raise unauthorized("unknown_user")
-        if user.role != claims.role or not _current(claims, user):
-            info.detail = "stale_token"
-            raise unauthorized("stale_token")
-        info.user, info.role = claims.sub, claims.role
-        if permission is not None and permission not in PERMISSIONS[claims.role]:
-            metrics.AUTH_FAILURES.labels("forbidden").inc()
-            info.detail = f"missing permission {permission}"
-            raise ApiError(
-                403,
-                f"role '{claims.role}' lacks the permission '{permission}'",
-                missing_permission=permission,
-            )
-        if endpoint_class is not None:
-            redis = services.redis
-            if endpoint_class == "admin" and not redis.up:
-                raise ApiError(
-                    503,
-                    "rate-limit store unavailable; admin calls are suspended",
-                    headers={"Retry-After": "5"},
-                )
-            limit = services.settings.limit_for(claims.sub, claims.role, endpoint_class)
-            decision = await redis.authorize(claims.sub, endpoint_class, claims.jti, limit)
-            if decision.revoked:
-                info.detail = "revoked"
-                raise unauthorized("revoked")
-            if decision.degraded and endpoint_class == "admin":
-                raise ApiError(
-                    503,
-                    "rate-limit store unavailable; admin calls are suspended",
-                    headers={"Retry-After": "5"},
-                )
-            info.ratelimit = (
-                decision.limit,
-                decision.remaining,
-                decision.reset,
-                limit.period_seconds,
-            )
-            if not decision.allowed:
-                metrics.RATE_LIMITED.labels(endpoint_class).inc()
-                info.detail = f"rate limited ({endpoint_class})"
-                raise ApiError(
-                    429,
-                    f"rate limit for '{endpoint_class}' exceeded",
-                    headers={"Retry-After": str(decision.retry_after)},
-                )
-        elif claims.jti in services.redis.local_revoked:
-            raise unauthorized("revoked")
-        return Principal(claims.sub, claims.role, claims.jti, claims.exp)
+        return await authenticate(
+            request.app.state.services,
+            request.scope["ml"],
+            request.headers.get("authorization"),
+            permission,
+            endpoint_class,
+            scrape_token_ok=scrape_token_ok,
+        )
 
     dependency.__ml_auth__ = True  # type: ignore[attr-defined]
     return Depends(dependency)

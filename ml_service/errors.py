@@ -110,7 +110,7 @@ def oip_error_response(
     )
 
 
-async def _api_error(request: Request, exc: Exception) -> Response:
+async def api_error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     if is_oip_path(request.url.path):
         return oip_error_response(exc.status, exc.message, exc.headers)
@@ -159,7 +159,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(ApiError, api_error_response)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

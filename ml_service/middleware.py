@@ -18,7 +18,7 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +28,9 @@ from .audit import AuditLog
 from .auth import SCRAPER_ROLE
 from .errors import error_body_bytes
 from .logs import request_id_var
+
+if TYPE_CHECKING:
+    from .hot_path import PredictHotPath
 
 log = logging.getLogger("ml_service.http")
 
@@ -86,12 +89,18 @@ def _outcome(status: int) -> str:
 
 class ServiceMiddleware:
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, audit: AuditLog, expose_worker_id: bool = False
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        audit: AuditLog,
+        expose_worker_id: bool = False,
+        hot_path: PredictHotPath | None = None,
     ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.audit = audit
         self.expose_worker_id = expose_worker_id
+        self.hot_path = hot_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,7 +167,11 @@ class ServiceMiddleware:
                         raise BodyTooLarge(max_body)
                 return message
 
-            await self.app(scope, receive_wrapper, send_wrapper)
+            hot = self.hot_path
+            if hot is not None and hot.takes(scope):
+                await hot(scope, receive_wrapper, send_wrapper, self.app)
+            else:
+                await self.app(scope, receive_wrapper, send_wrapper)
         except Exception as exc:
             log.error("unhandled %s", exc.__class__.__name__, exc_info=exc)
             if not response_started:

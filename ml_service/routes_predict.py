@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from .auth import Principal, require
 from .errors import ApiError
+from .middleware import RequestInfo
 from .model import LoadedModel
 from .openapi import AUTHED, errors
 from .redis_state import RedisUnavailable
@@ -41,15 +42,23 @@ def _active(services: Services) -> LoadedModel:
     return model
 
 
-async def _infer(
-    services: Services, request: Request, rows: object
-) -> tuple[LoadedModel, np.ndarray, np.ndarray]:
+async def predict_body(services: Services, info: RequestInfo, body: object) -> dict[str, object]:
+    """The answer of ``POST /predict`` to a validated body (the route's and the hot path's)."""
+    single = getattr(body, "features", None)
+    rows = [single] if single is not None else body.instances  # type: ignore[attr-defined]
     model = _active(services)
-    info = request.scope["ml"]
     info.model_version = model.version
     X = np.array(rows, dtype=np.float64)
     probas, classes = await services.predict(model, X, info.request_id)
-    return model, probas, classes
+    preds = _predictions(model, probas, classes)
+    head = {
+        "request_id": info.request_id,
+        "model_name": model.name,
+        "model_version": model.version,
+    }
+    if single is not None:
+        return {**head, **preds[0]}
+    return {**head, "predictions": preds}
 
 
 def _predictions(
@@ -82,19 +91,7 @@ def build_router(models: RequestModels) -> APIRouter:
         body: Annotated[PredictBody, Body()],  # type: ignore[valid-type]
         principal: Annotated[Principal, require("predict", "predict")],
     ) -> Response:
-        services: Services = request.app.state.services
-        single = getattr(body, "features", None)
-        rows = [single] if single is not None else body.instances  # type: ignore[attr-defined]
-        model, probas, classes = await _infer(services, request, rows)
-        preds = _predictions(model, probas, classes)
-        head = {
-            "request_id": request.scope["ml"].request_id,
-            "model_name": model.name,
-            "model_version": model.version,
-        }
-        if single is not None:
-            return _json({**head, **preds[0]})
-        return _json({**head, "predictions": preds})
+        return _json(await predict_body(request.app.state.services, request.scope["ml"], body))
 
     @router.get(
         "/model/info",
