@@ -51,7 +51,10 @@ def _escape(match: re.Match[bytes]) -> bytes:
 
 def canonical(record: dict[str, Any]) -> bytes:
     """The one serialisation of a record: the hash input and (with ``hash``) the line."""
-    return _UNSAFE.sub(_escape, orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
+    data = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    if b"\xc2" in data or b"\xe2" in data:  # every unsafe sequence starts with one of them
+        return _UNSAFE.sub(_escape, data)
+    return data
 
 
 def record_hash(record: dict[str, Any]) -> str:

@@ -90,6 +90,20 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
     hist.observe(seconds)  # type: ignore[attr-defined]
 
 
+_prediction_children: dict[tuple[str, str], object] = {}
+
+
+def count_prediction(class_name: str, model_version: str) -> None:
+    # labels() takes a lock and builds its key on every call; the children are few.
+    key = (class_name, model_version)
+    child = _prediction_children.get(key)
+    if child is None:
+        if len(_prediction_children) > 1000:  # versions come and go: keep it bounded
+            _prediction_children.clear()
+        child = _prediction_children[key] = PREDICTIONS.labels(class_name, model_version)
+    child.inc()  # type: ignore[attr-defined]
+
+
 _served: tuple[str, str, str] | None = None
 
 

@@ -206,7 +206,7 @@ def _record(scope: Scope, info: RequestInfo, status: int, elapsed: float) -> dic
     client = scope.get("client")
     route = _route(scope)
     return {
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "time": _now_iso(),
         "request_id": info.request_id,
         "user": info.user,
         "role": info.role,
@@ -220,6 +220,18 @@ def _record(scope: Scope, info: RequestInfo, status: int, elapsed: float) -> dic
         "latency_ms": round(elapsed * 1000, 3),
         "detail": info.detail,
     }
+
+
+_second: list[Any] = [-1, ""]
+
+
+def _now_iso() -> str:
+    """``datetime.now(UTC).isoformat(timespec="milliseconds")``, the seconds formatted once."""
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second[:] = [second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_second[1]}.{int((now - second) * 1000):03d}+00:00"
 
 
 def _audit_failed(exc: OSError) -> bool:

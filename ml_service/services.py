@@ -124,7 +124,7 @@ class Services:
         classes = probas.argmax(axis=1)
         names = model.class_names
         for c in classes.tolist():
-            metrics.PREDICTIONS.labels(names[c], model.version).inc()
+            metrics.count_prediction(names[c], model.version)
         try:
             self.monitor.observe(model, X, probas)
         except Exception:

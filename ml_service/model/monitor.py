@@ -55,8 +55,8 @@ class PredictionMonitor:
     ) -> None:
         X = np.asarray(X, dtype=np.float64)
         probas = np.asarray(probas, dtype=np.float64)
-        for confidence in probas.max(axis=1):
-            metrics.PREDICTION_CONFIDENCE.observe(float(confidence))
+        for confidence in probas.max(axis=1).tolist():
+            metrics.PREDICTION_CONFIDENCE.observe(confidence)
         with self._lock:
             if self._version != model.version or self._buffer is None:
                 self._version = model.version
