@@ -39,7 +39,7 @@ def test_api_refuses_anonymous_prediction_through_traefik(host):
 
 
 def test_prometheus_scrapes_every_target(host):
-    expected = {"prometheus", "node", "traefik", "ml-api"}
+    expected = {"prometheus", "node", "traefik", "ml-api", "alertmanager"}
     deadline = time.monotonic() + 120
     while True:
         out = host.run(
