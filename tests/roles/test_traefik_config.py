@@ -154,7 +154,7 @@ def test_schema_check_catches_a_wrong_option() -> None:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_router_is_https_only(rendered: dict[str, Path], variant: str) -> None:
     routers = _merged_http(rendered[variant])["routers"]
-    assert set(routers) == {"api", "api-token", "api-grpc", "dev", "metrics"}
+    assert set(routers) == {"api", "api-token", "api-grpc", "dev", "metrics", "alertmanager"}
     for name, router in routers.items():
         assert router.get("entryPoints") == ["websecure"], name
         assert isinstance(router.get("tls"), dict), f"router {name} has no tls section"
@@ -174,6 +174,17 @@ def test_routers_point_at_the_right_hosts_and_services(rendered: dict[str, Path]
         assert router["rule"] == f"Host(`{host}`)"
         servers = http["services"][router["service"]]["loadBalancer"]["servers"]
         assert servers == [{"url": url}]
+
+
+def test_alertmanager_is_a_path_of_the_metrics_host_with_the_same_login(
+    rendered: dict[str, Path],
+) -> None:
+    http = _merged_http(rendered["defaults"])
+    router = http["routers"]["alertmanager"]
+    assert router["rule"] == "Host(`metrics.localhost`) && PathPrefix(`/alertmanager`)"
+    assert router["middlewares"] == http["routers"]["metrics"]["middlewares"]
+    servers = http["services"][router["service"]]["loadBalancer"]["servers"]
+    assert servers == [{"url": "http://alertmanager:9093"}]
 
 
 def test_api_is_health_checked_so_clients_get_503_until_it_is_ready(
