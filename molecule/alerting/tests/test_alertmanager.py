@@ -50,7 +50,8 @@ def test_prometheus_sends_to_and_scrapes_alertmanager(promql):
         )
 
     assert wait_for(ready, 90), promql("up")
-    assert re.search(r"=> 1 @", promql("alertmanager_integrations")), "one webhook integration"
+    # the webhook in each of the receivers all, severity-critical and severity-warning
+    assert re.search(r"=> 3 @", promql("alertmanager_integrations"))
 
 
 def test_alertmanager_publishes_no_host_port(host, as_service):

@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from conftest import TIMINGS, wait_for
 
 EXPORTER = "prometheus-node-exporter.service"
@@ -23,6 +24,7 @@ def _alert_posts(posts: list[dict[str, Any]], status: str, **labels: str) -> lis
     ]
 
 
+@pytest.mark.timeout(900)
 def test_stopped_target_fires_and_its_start_resolves(host, sink_posts):
     instance = host.ansible.get_variables()["inventory_hostname"]
     wanted = {"alertname": "TargetDown", "job": "node", "instance": instance}

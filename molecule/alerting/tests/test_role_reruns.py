@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from conftest import CONFIG, flat, run_alertmanager_role, wait_for
 
 BAD_INHIBIT = [
@@ -16,6 +17,7 @@ def _started_at(as_service) -> str:
     return as_service("podman inspect --format '{{.State.StartedAt}}' alertmanager").stdout.strip()
 
 
+@pytest.mark.timeout(900)
 def test_amtool_refusal_keeps_the_old_configuration(host, as_service):
     before = host.file(CONFIG).sha256sum
     started = _started_at(as_service)
@@ -27,6 +29,7 @@ def test_amtool_refusal_keeps_the_old_configuration(host, as_service):
     assert _started_at(as_service) == started
 
 
+@pytest.mark.timeout(1200)
 def test_no_receiver_is_said_loudly_and_fires_no_alert_receiver(host, promql):
     try:
         rc, out = run_alertmanager_role({"alertmanager_webhook_url": ""})
