@@ -6,13 +6,11 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
-from pathlib import Path
 
 import pytest
 import yaml
 from conftest import CONFIG, CONTAINER_CONFIG, wait_for
 
-REPO = Path(__file__).resolve().parents[3]
 METRICS_PASSWORD_FILE = "/etc/appliance/secrets/traefik-metrics-password"
 
 
@@ -99,18 +97,9 @@ def test_ui_behind_the_metrics_login(host, through_traefik):
     assert through_traefik("/-/healthy", "-u", f"ops:{password}") == 200
 
 
-def test_no_alert_receiver_rule_is_deployed_and_its_unit_tests_pass(host, as_service):
+def test_no_alert_receiver_rule_is_deployed(host):
+    # Its promtool unit test runs with all the others in the deployed Prometheus
+    # (services/tests/test_prometheus.py); test_role_reruns.py sees it fire.
     rules = yaml.safe_load(host.file("/etc/appliance/prometheus/rules/alerts.yml").content_string)
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"] if "alert" in r}
     assert "alertmanager_integrations" in alerts["NoAlertReceiver"]["expr"]
-    tests = yaml.safe_load((REPO / "files/prometheus/alerts_test.yml").read_text(encoding="utf-8"))
-    tests["rule_files"] = ["/etc/prometheus/rules/alerts.yml"]
-    tests["tests"] = [t for t in tests["tests"] if "receiver" in t["name"]]
-    assert tests["tests"]
-    result = as_service(
-        "podman exec -i prometheus sh -c "
-        "'cat > /tmp/receiver_test.yml && promtool test rules /tmp/receiver_test.yml'",
-        stdin=yaml.safe_dump(tests),
-    )
-    assert result.rc == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
