@@ -29,6 +29,19 @@ def test_amtool_refusal_keeps_the_old_configuration(host, as_service):
     assert _started_at(as_service) == started
 
 
+@pytest.mark.timeout(600)
+def test_broken_receiver_variable_stops_before_anything_is_written(host, as_service):
+    before = host.file(CONFIG).sha256sum
+    started = _started_at(as_service)
+    rc, out = run_alertmanager_role({"alertmanager_webhook_url": "ntfy.example.org/no-scheme"})
+    assert rc != 0, out
+    assert "alertmanager_webhook_url must be an http:// or https:// URL" in flat(out), out
+    assert "no-scheme" not in out  # the value (it may hold a token) is never printed
+    assert "Run Alertmanager" not in out
+    assert host.file(CONFIG).sha256sum == before
+    assert _started_at(as_service) == started
+
+
 @pytest.mark.timeout(1200)
 def test_no_receiver_is_said_loudly_and_fires_no_alert_receiver(host, promql):
     try:
