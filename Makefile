@@ -18,8 +18,9 @@ APT_PACKAGES = $(shell sed -e 's/\#.*//' .ci/apt-packages.txt)
 # S=services` still runs one alone (services also proves check mode and one-service restarts).
 FOLDED_SCENARIOS = services ml_service
 ALL_SCENARIOS = $(filter-out shared,$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
-# host_security first, the appliance last: it is the longest, so the quick one reports first.
-SCENARIOS = host_security appliance
+# Quickest first, the appliance last: it is the longest, so the quick ones report first. alerting
+# has its own machine: it stops exporters for minutes and re-runs its role with other receivers.
+SCENARIOS = host_security alerting appliance
 PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
 PY_DIRS = $(wildcard ml_service workspace tests molecule scripts benchmarks)
 
@@ -80,11 +81,18 @@ bench: venv
 
 # Every step runs even when an earlier one fails (one run shows every failure); the time and
 # result of each are printed at the end. Only missing dependencies stop it before the tests.
+# Each step's output is also kept in artifacts/logs/STEP.log; a failed step's digest (failing
+# tests, tasks and findings) is printed again at the very end, where a truncated CI page shows it.
 test: deps
-	@rc=0; steps=(); for step in lint unit molecule; do \
+	@rc=0; steps=(); failed=(); mkdir -p artifacts/logs; for step in lint unit molecule; do \
 	  echo "=== make $$step"; start=$$(date +%s); \
-	  if $(MAKE) --no-print-directory $$step; then r=ok; else r=FAILED; rc=1; fi; \
+	  if $(MAKE) --no-print-directory $$step 2>&1 | tee "artifacts/logs/$$step.log"; then r=ok; \
+	  else r=FAILED; rc=1; failed+=("$$step"); fi; \
 	  steps+=("$$(printf '%-9s %5ss  %s' "$$step" "$$(( $$(date +%s) - start ))" "$$r")"); \
+	done; \
+	for step in "$${failed[@]}"; do \
+	  echo "=== what failed in make $$step (artifacts/logs/$$step.log)"; \
+	  scripts/failure-digest.sh "artifacts/logs/$$step.log"; \
 	done; \
 	echo "=== make test steps"; printf '  %s\n' "$${steps[@]}"; exit $$rc
 
