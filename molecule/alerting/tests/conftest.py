@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from service_account import SERVICE_USER, service_command
 
-SERVICE_USER = "appliance"
-SERVICE_HOME = "/var/lib/appliance"
 AM_URL = "http://localhost:9093/alertmanager"
 SINK_LOG = "/var/lib/webhook-sink/posts.jsonl"
 CONFIG = "/etc/appliance/alertmanager/alertmanager.yml"
@@ -31,11 +30,7 @@ def as_service(host) -> Callable[..., Any]:
     uid = int(host.check_output(f"id -u {SERVICE_USER}"))
 
     def run(command: str, stdin: str | None = None):
-        env = f"env XDG_RUNTIME_DIR=/run/user/{uid} HOME={SERVICE_HOME}"
-        wrapped = f"sudo -n -u {SERVICE_USER} {env} sh -c {shlex.quote(command)}"
-        if stdin is not None:
-            wrapped = f"printf %s {shlex.quote(stdin)} | {wrapped}"
-        return host.run(f"cd / && {wrapped}")
+        return host.run(service_command(uid, command, stdin))
 
     return run
 

@@ -7,9 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-SERVICE_USER = "appliance"
-SERVICE_HOME = "/var/lib/appliance"
+from service_account import SERVICE_USER, service_command
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +20,7 @@ def as_service(host, service_uid: int) -> Callable[..., Any]:
     """Run a shell command as the service account, with its user manager's environment."""
 
     def run(command: str, stdin: str | None = None):
-        env = f"env XDG_RUNTIME_DIR=/run/user/{service_uid} HOME={SERVICE_HOME}"
-        wrapped = f"sudo -n -u {SERVICE_USER} {env} sh -c {shlex.quote(command)}"
-        if stdin is not None:
-            wrapped = f"printf %s {shlex.quote(stdin)} | {wrapped}"
-        return host.run(f"cd / && {wrapped}")
+        return host.run(service_command(service_uid, command, stdin))
 
     return run
 
