@@ -19,18 +19,6 @@ WORKSPACE_LOCK = Path(__file__).resolve().parents[3] / "workspace" / "requiremen
 
 
 @pytest.fixture(scope="module")
-def address(host) -> str:
-    return host.ansible.get_variables()["ansible_host"]
-
-
-@pytest.fixture(scope="module")
-def ca_file(host, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ca") / "appliance-ca.crt"
-    path.write_text(host.file("/etc/appliance/ca.crt").content_string, encoding="ascii")
-    return path
-
-
-@pytest.fixture(scope="module")
 def password(host) -> str:
     with host.sudo():
         return host.file(PASSWORD_FILE).content_string

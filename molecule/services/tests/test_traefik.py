@@ -23,18 +23,6 @@ ACCESS_LOG = "/var/log/appliance/traefik/access.log"
 METRICS_PASSWORD_FILE = "/etc/appliance/secrets/traefik-metrics-password"
 
 
-@pytest.fixture(scope="module")
-def address(host) -> str:
-    return host.ansible.get_variables()["ansible_host"]
-
-
-@pytest.fixture(scope="module")
-def ca_file(host, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ca") / "appliance-ca.crt"
-    path.write_text(host.file(CA_PUBLIC).content_string, encoding="ascii")
-    return path
-
-
 def curl(address: str, ca_file: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
     resolve = [arg for name in HOSTS for arg in ("--resolve", f"{name}:443:{address}")]
     return subprocess.run(
