@@ -24,7 +24,7 @@ SCENARIOS = host_security alerting appliance
 PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
 PY_DIRS = $(wildcard ml_service workspace tests molecule scripts benchmarks)
 
-.PHONY: help deps apt-packages venv grpc-stubs bench test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up check-up down
+.PHONY: task-repeats help deps apt-packages venv grpc-stubs bench test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up check-up down
 
 help:
 	@echo "make test            deps + lint + unit + molecule (everything CI runs; as root)"
@@ -98,7 +98,11 @@ test: deps
 
 # -k: every linter runs even when an earlier one fails, so one run shows all findings.
 lint:
-	@$(MAKE) --no-print-directory -k yamllint ansible-lint ruff shellcheck syntax role-docs-check
+	@$(MAKE) --no-print-directory -k yamllint ansible-lint ruff shellcheck syntax role-docs-check task-repeats
+
+# No Ansible task body twice in roles/, playbooks/ or molecule/ (duplicates does not read YAML).
+task-repeats:
+	$(BIN)/python scripts/task_repeats.py
 
 yamllint:
 	yamllint --strict .
