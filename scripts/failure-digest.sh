@@ -9,7 +9,7 @@ sed -E 's/\x1b\[[0-9;]*[A-Za-z]//g; s/^[[:space:]]*│[[:space:]]?//' "$log" |
   grep -E -e '^(FAILED|ERROR) ' \
     -e '^E  ' \
     -e '^=+ .*(failed|error).* in [0-9.]+s' \
-    -e 'fatal: \[' -e 'FAILED! =>' -e '"msg":' \
+    -e 'fatal: \[' -e 'FAILED! =>' -e '"msg":' -e '\[ERROR\]' \
     -e ' failed=[1-9]' -e 'unreachable=[1-9]' \
     -e '^=== molecule test -s ' -e '^=== scenario .* FAILED' \
     -e 'CRITICAL' -e '^[^ ]+:[0-9]+(:[0-9]+)?: ' |
