@@ -34,3 +34,15 @@ def run_local_playbook(playbook: Path, extra: dict[str, Any]) -> subprocess.Comp
         timeout=300,
         check=False,
     )
+
+
+def role_playbook(role: Path, name: str, body: str) -> str:
+    """A play on localhost that loads ROLE's defaults and vars as the role would, then BODY
+    (its own `vars:` and `tasks:`, indented as play keys)."""
+    files = [role / "defaults" / "main.yml", role / "vars" / "main.yml"]
+    vars_files = "".join(f"    - {f}\n" for f in files if f.is_file())
+    header = (
+        f"- name: {name}\n  hosts: localhost\n  connection: local\n  gather_facts: false\n"
+        f"  vars_files:\n{vars_files}"
+    )
+    return header + body.lstrip("\n")

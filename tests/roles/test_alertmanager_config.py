@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from local_playbook import run_local_playbook
+from local_playbook import role_playbook, run_local_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "alertmanager"
@@ -32,14 +32,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "both": {**EMAIL, "alertmanager_webhook_url": WEBHOOK},
 }
 
+# The play after its header (local_playbook.role_playbook).
 PLAYBOOK = """
-- name: Render the alertmanager role's configuration
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  vars_files:
-    - {role}/defaults/main.yml
-    - {role}/vars/main.yml
   tasks:
     - name: Render alertmanager.yml
       ansible.builtin.template:
@@ -53,7 +47,12 @@ PLAYBOOK = """
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, dict[str, Any]]]:
     work = tmp_path_factory.mktemp("alertmanager")
     playbook = work / "render.yml"
-    playbook.write_text(PLAYBOOK.format(role=ROLE), encoding="utf-8")
+    playbook.write_text(
+        role_playbook(
+            ROLE, "Render the alertmanager role's configuration", PLAYBOOK.format(role=ROLE)
+        ),
+        encoding="utf-8",
+    )
     out = {}
     for name, extra in VARIANTS.items():
         dest = work / f"{name}.yml"

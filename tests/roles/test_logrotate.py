@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_playbook import run_local_playbook
+from local_playbook import role_playbook, run_local_playbook
 
 from ml_service.audit import AuditLog
 
@@ -31,13 +31,8 @@ ROLE = REPO / "roles" / "logrotate"
 # Installed by .ci/apt-packages.txt: a missing logrotate fails these tests, it does not skip them.
 LOGROTATE = shutil.which("logrotate") or "/usr/sbin/logrotate"
 
+# The play after its header (local_playbook.role_playbook).
 PLAYBOOK = """
-- name: Render the logrotate role's rules
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  vars_files:
-    - {role}/defaults/main.yml
   tasks:
     - name: Check the input as the role does
       ansible.builtin.include_tasks: {role}/tasks/validate.yml
@@ -51,7 +46,12 @@ PLAYBOOK = """
 
 def _ansible(tmp: Path, out: Path, extra: dict[str, Any]) -> subprocess.CompletedProcess[str]:
     playbook = tmp / "render.yml"
-    playbook.write_text(PLAYBOOK.format(role=ROLE, out=out), encoding="utf-8")
+    playbook.write_text(
+        role_playbook(
+            ROLE, "Render the logrotate role's rules", PLAYBOOK.format(role=ROLE, out=out)
+        ),
+        encoding="utf-8",
+    )
     return run_local_playbook(playbook, extra)
 
 

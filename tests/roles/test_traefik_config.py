@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from local_playbook import run_local_playbook
+from local_playbook import role_playbook, run_local_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "traefik"
@@ -35,14 +35,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The play after its header (local_playbook.role_playbook).
 PLAYBOOK = """
-- name: Render the traefik role's templates
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  vars_files:
-    - {role}/defaults/main.yml
-    - {role}/vars/main.yml
   vars:
     # facts the podman role's service entry point gives the unit template
     podman_user_uid: "999"
@@ -94,7 +88,11 @@ def _render(tmp: Path, name: str, extra: dict[str, Any]) -> Path:
     out = tmp / name
     playbook = tmp / f"render-{name}.yml"
     playbook.write_text(
-        PLAYBOOK.format(role=ROLE, out=out, dynamic=json.dumps(list(DYNAMIC_FILES))),
+        role_playbook(
+            ROLE,
+            "Render the traefik role's templates",
+            PLAYBOOK.format(role=ROLE, out=out, dynamic=json.dumps(list(DYNAMIC_FILES))),
+        ),
         encoding="utf-8",
     )
     result = run_local_playbook(playbook, extra)
