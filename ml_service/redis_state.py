@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -149,6 +150,17 @@ _PIGGYBACK_MAX = 64
 _AUTHORIZE_BATCH_MAX = 128
 
 
+async def _once_more_on_a_new_connection(call):  # type: ignore[no-untyped-def]
+    """A pooled connection that died with a restarted Redis fails before the command is sent;
+    redis-py drops it, so the command is tried once more on a new connection before the worker
+    falls back to its local state (which may not know a revocation made meanwhile). Were a
+    rate-limit hit ever counted twice, the limit would be stricter, never looser."""
+    try:
+        return await call()
+    except RedisConnectionError:
+        return await call()
+
+
 class RedisUnavailable(Exception):
     pass
 
@@ -250,11 +262,7 @@ class RedisState:
 
     async def probe(self) -> bool:
         try:
-            try:
-                await self.client.ping()
-            except RedisConnectionError:
-                # A pooled connection of a Redis that restarted: dropped, try a new one.
-                await self.client.ping()
+            await _once_more_on_a_new_connection(self.client.ping)
             await self._sync_revoked()
         except (TimeoutError, RedisError, OSError) as exc:
             self._mark_down(exc)
@@ -276,19 +284,12 @@ class RedisState:
             await self.probe()
 
     async def _call(self, call):  # type: ignore[no-untyped-def]
-        """Run one Redis command (a zero-argument callable making the coroutine).
-
-        A pooled connection that died with a restarted Redis fails before the command is sent;
-        redis-py drops it, so the command is tried once more on a new connection before the
-        worker falls back to its local state (which may not know a revocation made meanwhile).
-        Were a rate-limit hit ever counted twice, the limit would be stricter, never looser."""
+        """Run one Redis command (a zero-argument callable making the coroutine), or raise
+        RedisUnavailable so the worker falls back to its local state."""
         if not self.up:
             raise RedisUnavailable
         try:
-            try:
-                return await call()
-            except RedisConnectionError:
-                return await call()
+            return await _once_more_on_a_new_connection(call)
         except (TimeoutError, RedisError, OSError) as exc:
             self._mark_down(exc)
             raise RedisUnavailable from exc
@@ -352,7 +353,9 @@ class RedisState:
                     keys += [self._pred + request_id for request_id, _, _ in queued]
                     args += [f"{version} {' '.join(map(str, c))}" for _, version, c in queued]
                 try:
-                    values = await self._authorize_batch(keys, args)
+                    values = await self._call(
+                        functools.partial(self._authorize, keys=keys, args=args)
+                    )
                 except BaseException as exc:
                     for *_, reply in batch:
                         if not reply.done():
@@ -369,9 +372,6 @@ class RedisState:
                 if not reply.done():
                     reply.set_exception(RedisUnavailable())
             self._hits.clear()
-
-    async def _authorize_batch(self, keys: list[str], args: list[str | int]) -> list[bytes | int]:
-        return await self._call(lambda: self._authorize(keys=keys, args=args))  # type: ignore[no-any-return]
 
     def _login_keys(self, username: str, ip: str) -> list[str]:
         return [self._fail_user + username, self._fail_ip + ip]
