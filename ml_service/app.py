@@ -13,13 +13,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from . import __version__, errors, metrics
-from .api import oip
+from .api.routes import admin, health, login, oip, predict, scrape
 from .hot_path import PredictHotPath, ServiceApp
 from .middleware import ServiceMiddleware
 from .oip.handlers import OipHandler
-from .routes_auth import router as auth_router
-from .routes_ops import router as ops_router
-from .routes_predict import build_router
 from .services import Services
 from .settings import Settings, load_settings
 
@@ -69,10 +66,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     app.state.oip = handler
     errors.install(app)
-    app.include_router(auth_router)
-    app.include_router(build_router(services.models))
+    # This order is the OpenAPI document's order of paths.
+    app.include_router(login.router)
+    app.include_router(predict.build_router(services.models))
     app.include_router(oip.build_router(services.models))
-    app.include_router(ops_router)
+    app.include_router(health.router)
+    app.include_router(scrape.router)
+    app.include_router(admin.router)
     app.add_middleware(
         ServiceMiddleware,
         max_body_bytes=settings.max_body_bytes,

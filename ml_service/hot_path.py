@@ -28,9 +28,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .api.routes.predict import predict_body
 from .auth import authenticate
 from .errors import ApiError, api_error_response
-from .routes_predict import predict_body
 
 if TYPE_CHECKING:
     from .services import Services

@@ -8,14 +8,14 @@ import orjson
 from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
-from . import metrics
-from .auth import Principal, require, unauthorized
-from .errors import ApiError
-from .openapi import errors
-from .redis_state import RedisUnavailable
-from .schemas import RevokeResponse, TokenResponse
-from .services import HashQueueFull, Services
-from .users import audit_name
+from ... import metrics
+from ...auth import Principal, require, unauthorized
+from ...errors import ApiError
+from ...openapi import errors
+from ...redis_state import RedisUnavailable
+from ...schemas import RevokeResponse, TokenResponse
+from ...services import HashQueueFull, Services
+from ...users import audit_name
 
 router = APIRouter(tags=["auth"])
 

@@ -18,13 +18,12 @@ from fastapi import APIRouter, Path, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from ..auth import Principal, require
-from ..errors import ApiError, validation_message
-from ..oip.handlers import OipHandler
-from ..oip.tensors import InferRequest, InferResult, InputTensor, RequestedOutput
-from ..openapi import oip_errors
-from ..routes_ops import readiness
-from ..schemas import (
+from ...auth import Principal, require
+from ...errors import ApiError, validation_message
+from ...oip.handlers import OipHandler
+from ...oip.tensors import InferRequest, InferResult, InputTensor, RequestedOutput
+from ...openapi import oip_errors
+from ...schemas import (
     InferResponse,
     RequestModels,
     V2Live,
@@ -33,6 +32,7 @@ from ..schemas import (
     V2Ready,
     V2ServerMetadata,
 )
+from .health import readiness
 
 HEADER_LENGTH = "inference-header-content-length"
 # tritonclient's asyncio HTTP client (aiohttp) sends even an all-JSON body as octet-stream.

@@ -1,4 +1,4 @@
-"""Prediction, model information and feedback routes (the Open Inference Protocol is in api/).
+"""Prediction, model information and feedback routes (the Open Inference Protocol: oip.py).
 
 No ``from __future__ import annotations`` here: the request body types are built
 from the settings at start-up, and FastAPI must see them as real objects.
@@ -12,13 +12,13 @@ import orjson
 from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
-from .auth import Principal, require
-from .errors import ApiError
-from .middleware import RequestInfo
-from .model import LoadedModel
-from .openapi import AUTHED, errors
-from .redis_state import RedisUnavailable
-from .schemas import (
+from ...auth import Principal, require
+from ...errors import ApiError
+from ...middleware import RequestInfo
+from ...model import LoadedModel
+from ...openapi import AUTHED, errors
+from ...redis_state import RedisUnavailable
+from ...schemas import (
     BatchPredictResponse,
     FeedbackRequest,
     FeedbackResponse,
@@ -26,7 +26,7 @@ from .schemas import (
     PredictResponse,
     RequestModels,
 )
-from .services import Services, model_info_body
+from ...services import Services, model_info_body
 
 log = logging.getLogger("ml_service.predict")
 

@@ -1,91 +1,26 @@
-"""Health, metrics and admin (model registry, users) routes."""
+"""The admin routes: the model registry (list, activate, roll back) and the users."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 import orjson
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
-from . import metrics
-from .auth import Principal, require
-from .errors import ApiError
-from .model import ModelIntegrityError, NoModelError
-from .openapi import errors
-from .schemas import Health, ModelInfo, UserInfo, VersionList
-from .services import Services, model_info_body
+from ...auth import Principal, require
+from ...errors import ApiError
+from ...model import ModelIntegrityError, NoModelError
+from ...openapi import errors
+from ...schemas import ModelInfo, UserInfo, VersionList
+from ...services import Services, model_info_body
 
-router = APIRouter()
+router = APIRouter(tags=["admin"])
 
 
 def _json(data: object, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def readiness(services: Services) -> tuple[bool, dict[str, object]]:
-    model = services.registry.active
-    redis_up = services.redis.up
-    if model is None:
-        status = "not_ready"
-    elif redis_up:
-        status = "ready"
-    else:
-        # Predictions still work (per-process limits), so stay in rotation but say so.
-        status = "degraded"
-    return model is not None, {
-        "status": status,
-        "model_loaded": model is not None,
-        "model_version": model.version if model else None,
-        "redis": "up" if redis_up else "down",
-    }
-
-
-_NOT_READY: dict[int | str, dict[str, Any]] = {
-    503: {"model": Health, "description": "No verified model loaded"}
-}
-
-
-@router.get("/health/live", tags=["health"], response_model=Health, summary="Liveness")
-async def live() -> Response:
-    return _json({"status": "ok"})
-
-
-@router.get(
-    "/health/ready",
-    tags=["health"],
-    response_model=Health,
-    responses=_NOT_READY,
-    summary="Readiness: 200 ready/degraded (Redis down), 503 without a model",
-)
-async def ready(request: Request) -> Response:
-    ok, body = readiness(request.app.state.services)
-    return _json(body, 200 if ok else 503)
-
-
-@router.get(
-    "/metrics",
-    tags=["ops"],
-    responses={
-        200: {
-            "content": {"text/plain": {"schema": {"type": "string"}}},
-            "description": "Prometheus text format",
-        },
-        **errors(401, 403, 429, 503),
-    },
-    response_class=Response,
-    summary="Prometheus metrics (scrape token or a viewer/admin access token)",
-)
-async def metrics_endpoint(
-    request: Request,
-    principal: Annotated[Principal, require("metrics:read", "read", scrape_token_ok=True)],
-) -> Response:
-    body, content_type = await anyio.to_thread.run_sync(metrics.render)
-    return Response(body, media_type=content_type)
-
-
-# ----- admin -----
 
 
 def _version_list(services: Services) -> dict[str, object]:
@@ -114,7 +49,6 @@ def _model_info(services: Services) -> dict[str, object]:
 
 @router.get(
     "/admin/models",
-    tags=["admin"],
     response_model=VersionList,
     responses=errors(401, 403, 429, 503),
     summary="Model versions with their status",
@@ -128,7 +62,6 @@ async def list_versions(
 
 @router.post(
     "/admin/models/{version}/activate",
-    tags=["admin"],
     response_model=ModelInfo,
     responses=errors(401, 403, 404, 409, 422, 429, 503),
     summary="Verify and activate a model version (all workers follow)",
@@ -156,7 +89,6 @@ async def activate(
 
 @router.post(
     "/admin/models/rollback",
-    tags=["admin"],
     response_model=ModelInfo,
     responses=errors(401, 403, 409, 429, 503),
     summary="Re-activate the previously active version",
@@ -178,7 +110,6 @@ async def rollback(
 
 @router.get(
     "/admin/users",
-    tags=["admin"],
     response_model=list[UserInfo],
     responses=errors(401, 403, 429, 503),
     summary="Users and roles (manage them with `python -m ml_service users`)",

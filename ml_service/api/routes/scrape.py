@@ -1,0 +1,35 @@
+"""GET /metrics: the Prometheus scrape (the metrics themselves are ``ml_service.metrics``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ... import metrics
+from ...auth import Principal, require
+from ...openapi import errors
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get(
+    "/metrics",
+    responses={
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "Prometheus text format",
+        },
+        **errors(401, 403, 429, 503),
+    },
+    response_class=Response,
+    summary="Prometheus metrics (scrape token or a viewer/admin access token)",
+)
+async def metrics_endpoint(
+    request: Request,
+    principal: Annotated[Principal, require("metrics:read", "read", scrape_token_ok=True)],
+) -> Response:
+    body, content_type = await anyio.to_thread.run_sync(metrics.render)
+    return Response(body, media_type=content_type)
