@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _declare_bearer_auth(app: FastAPI) -> None:
-    """Mark every route that depends on ``auth.require`` as needing a bearer token."""
+    """Mark every route that depends on ``api.deps.require`` as needing a bearer token."""
     secured: set[tuple[str, str]] = set()
     for route in app.routes:
         if isinstance(route, APIRoute) and any(

@@ -6,8 +6,6 @@ import hmac
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fastapi import Depends, Request
-
 from . import metrics
 from .errors import ApiError
 from .settings import EndpointClass
@@ -63,8 +61,8 @@ async def authenticate(
     *,
     scrape_token_ok: bool = False,
 ) -> Principal:
-    """The check behind ``require`` (also called by the hot path of ``POST /predict``): the
-    principal of the ``Authorization`` header value, or an ApiError (401, 403, 429, 503)."""
+    """The check behind ``api.deps.require`` (also called by the hot path of ``POST /predict``):
+    the principal of the ``Authorization`` header value, or an ApiError (401, 403, 429, 503)."""
     # Parsed here rather than by fastapi.security.HTTPBearer: one dependency less per
     # request on the hot path. The OpenAPI security scheme is declared in app.py.
     scheme, _, token = (authorization or "").partition(" ")
@@ -136,23 +134,3 @@ async def authenticate(
     elif claims.jti in services.redis.local_revoked:
         raise unauthorized("revoked")
     return Principal(claims.sub, claims.role, claims.jti, claims.exp)
-
-
-def require(
-    permission: str | None, endpoint_class: EndpointClass | None, *, scrape_token_ok: bool = False
-):  # type: ignore[no-untyped-def]
-    """A dependency: authenticated principal with ``permission``, one rate-limit hit of
-    ``endpoint_class`` (both optional)."""
-
-    async def dependency(request: Request) -> Principal:
-        return await authenticate(
-            request.app.state.services,
-            request.scope["ml"],
-            request.headers.get("authorization"),
-            permission,
-            endpoint_class,
-            scrape_token_ok=scrape_token_ok,
-        )
-
-    dependency.__ml_auth__ = True  # type: ignore[attr-defined]
-    return Depends(dependency)

@@ -76,6 +76,8 @@ class PredictHotPath:
             raise LookupError(f"no POST {PATH} route")
         self.route = route
         self.body_field: Any = route.body_field
+        # Held here rather than taken from api.deps per request: FastAPI's dependency
+        # resolution is one of the layers this path exists to skip.
         self.services = services
         self.app = app
 

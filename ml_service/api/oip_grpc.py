@@ -7,7 +7,7 @@ the workers as it does for uvicorn's socket. One process, one set of service obj
 same Redis connection, rate limiter, audit log, model registry and metrics files as REST.
 
 Each call goes through the same security as a REST request: the bearer token from the
-``authorization`` call metadata is checked by ``auth.require`` (the dependency the REST
+``authorization`` call metadata is checked by ``api.deps.require`` (the dependency the REST
 routes use, given a minimal HTTP scope), so roles, rate limits and revocation are one
 implementation. Errors map to gRPC status codes; a rate-limited call gets
 RESOURCE_EXHAUSTED with ``retry-after`` (seconds) and ``grpc-retry-pushback-ms`` in the
@@ -31,7 +31,6 @@ from grpc import aio
 from starlette.requests import Request
 
 from .. import metrics
-from ..auth import require
 from ..errors import ApiError
 from ..logs import request_id_var
 from ..middleware import RequestInfo, _outcome
@@ -39,6 +38,7 @@ from ..oip.handlers import OipHandler
 from ..oip.proto import open_inference_grpc_pb2 as pb
 from ..oip.proto import open_inference_grpc_pb2_grpc as pb_grpc
 from ..oip.tensors import InferRequest, InferResult, InputTensor, RequestedOutput
+from .deps import require
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

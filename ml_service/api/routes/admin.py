@@ -9,12 +9,12 @@ import orjson
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
-from ...auth import Principal, require
 from ...errors import ApiError
 from ...model import ModelIntegrityError, NoModelError
 from ...openapi import errors
 from ...schemas import ModelInfo, UserInfo, VersionList
 from ...services import Services, model_info_body
+from ..deps import ModelsAdmin, ServicesDep, UsersAdmin
 
 router = APIRouter(tags=["admin"])
 
@@ -53,10 +53,7 @@ def _model_info(services: Services) -> dict[str, object]:
     responses=errors(401, 403, 429, 503),
     summary="Model versions with their status",
 )
-async def list_versions(
-    request: Request, principal: Annotated[Principal, require("models:admin", "admin")]
-) -> Response:
-    services: Services = request.app.state.services
+async def list_versions(services: ServicesDep, principal: ModelsAdmin) -> Response:
     return _json(await anyio.to_thread.run_sync(_version_list, services))
 
 
@@ -68,10 +65,10 @@ async def list_versions(
 )
 async def activate(
     request: Request,
+    services: ServicesDep,
     version: Annotated[str, Path(min_length=1, max_length=64)],
-    principal: Annotated[Principal, require("models:admin", "admin")],
+    principal: ModelsAdmin,
 ) -> Response:
-    services: Services = request.app.state.services
     request.scope["ml"].detail = f"activate {version}"
     try:
         await anyio.to_thread.run_sync(services.registry.activate, version)
@@ -93,10 +90,7 @@ async def activate(
     responses=errors(401, 403, 409, 429, 503),
     summary="Re-activate the previously active version",
 )
-async def rollback(
-    request: Request, principal: Annotated[Principal, require("models:admin", "admin")]
-) -> Response:
-    services: Services = request.app.state.services
+async def rollback(request: Request, services: ServicesDep, principal: ModelsAdmin) -> Response:
     try:
         model = await anyio.to_thread.run_sync(services.registry.rollback)
     except (NoModelError, ModelIntegrityError) as exc:
@@ -114,8 +108,5 @@ async def rollback(
     responses=errors(401, 403, 429, 503),
     summary="Users and roles (manage them with `python -m ml_service users`)",
 )
-async def list_users(
-    request: Request, principal: Annotated[Principal, require("users:admin", "admin")]
-) -> Response:
-    services: Services = request.app.state.services
+async def list_users(services: ServicesDep, principal: UsersAdmin) -> Response:
     return _json([{"name": n, "role": r} for n, r in services.users.names_and_roles()])

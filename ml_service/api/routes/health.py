@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
 from ...schemas import Health
 from ...services import Services
+from ..deps import ServicesDep
 
 router = APIRouter(tags=["health"])
 
@@ -52,6 +53,6 @@ async def live() -> Response:
     responses=_NOT_READY,
     summary="Readiness: 200 ready/degraded (Redis down), 503 without a model",
 )
-async def ready(request: Request) -> Response:
-    ok, body = readiness(request.app.state.services)
+async def ready(services: ServicesDep) -> Response:
+    ok, body = readiness(services)
     return _json(body, 200 if ok else 503)

@@ -9,13 +9,14 @@ from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
 from ... import metrics
-from ...auth import Principal, require, unauthorized
+from ...auth import unauthorized
 from ...errors import ApiError
 from ...openapi import errors
 from ...redis_state import RedisUnavailable
 from ...schemas import RevokeResponse, TokenResponse
-from ...services import HashQueueFull, Services
+from ...services import HashQueueFull
 from ...users import audit_name
+from ..deps import ServicesDep, TokenHolder
 
 router = APIRouter(tags=["auth"])
 
@@ -35,10 +36,10 @@ def _json(data: object) -> Response:
 )
 async def token(
     request: Request,
+    services: ServicesDep,
     username: Annotated[str, Form(min_length=1, max_length=64)],
     password: Annotated[str, Form(min_length=1, max_length=1024)],
 ) -> Response:
-    services: Services = request.app.state.services
     info = request.scope["ml"]
     # A password typed into the name field must not reach the audit log as typed.
     info.user = audit_name(username, services.tokens.name_key)
@@ -88,10 +89,7 @@ async def token(
     responses=errors(401, 503),
     summary="Revoke the presented access token (logout)",
 )
-async def revoke(
-    request: Request, principal: Annotated[Principal, require(None, None)]
-) -> Response:
-    services: Services = request.app.state.services
+async def revoke(services: ServicesDep, principal: TokenHolder) -> Response:
     try:
         await services.redis.revoke(
             principal.jti, principal.exp + services.settings.jwt_leeway_seconds

@@ -18,7 +18,6 @@ from fastapi import APIRouter, Path, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from ...auth import Principal, require
 from ...errors import ApiError, validation_message
 from ...oip.handlers import OipHandler
 from ...oip.tensors import InferRequest, InferResult, InputTensor, RequestedOutput
@@ -32,6 +31,8 @@ from ...schemas import (
     V2Ready,
     V2ServerMetadata,
 )
+from ...services import Services
+from ..deps import ModelReader, OipHandlerDep, Predictor, ServicesDep
 from .health import readiness
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -45,18 +46,11 @@ _CONTENT_TYPES = (
 
 Name = Annotated[str, Path(min_length=1, max_length=64)]
 Version = Annotated[str, Path(min_length=1, max_length=64)]
-Reader = Annotated[Principal, require("model:read", "read")]
-Predictor = Annotated[Principal, require("predict", "predict")]
 READ_ERRORS = oip_errors(401, 403, 404, 429, 503)
 
 
 def _json(data: object, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def _handler(request: Request) -> OipHandler:
-    handler: OipHandler = request.app.state.oip
-    return handler
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -239,8 +233,8 @@ def build_router(models: RequestModels) -> APIRouter:
     infer_doc = {"requestBody": _infer_body_doc(models)}
 
     @router.get("/v2/health/live", response_model=V2Live, summary="OIP: server liveness")
-    async def live(request: Request) -> Response:
-        return _json({"live": _handler(request).live()})
+    async def live(handler: OipHandlerDep) -> Response:
+        return _json({"live": handler.live()})
 
     @router.get(
         "/v2/health/ready",
@@ -248,8 +242,8 @@ def build_router(models: RequestModels) -> APIRouter:
         responses={503: {"model": V2Ready, "description": "No verified model loaded"}},
         summary="OIP: server readiness",
     )
-    async def ready(request: Request) -> Response:
-        ok, _ = readiness(request.app.state.services)
+    async def ready(services: ServicesDep) -> Response:
+        ok, _ = readiness(services)
         return _json({"ready": ok}, 200 if ok else 503)
 
     @router.get(
@@ -258,11 +252,8 @@ def build_router(models: RequestModels) -> APIRouter:
         responses=oip_errors(401, 403, 429, 503),
         summary="OIP: server metadata",
     )
-    async def server_metadata(request: Request, principal: Reader) -> Response:
-        return _json(_handler(request).server_metadata())
-
-    async def metadata(request: Request, name: str, version: str | None) -> Response:
-        return _json(await _handler(request).model_metadata(name, version))
+    async def server_metadata(handler: OipHandlerDep, principal: ModelReader) -> Response:
+        return _json(handler.server_metadata())
 
     @router.get(
         "/v2/models/{name}",
@@ -270,8 +261,10 @@ def build_router(models: RequestModels) -> APIRouter:
         responses=READ_ERRORS,
         summary="OIP: model metadata (versions: the verified ones, active first)",
     )
-    async def model_metadata(request: Request, name: Name, principal: Reader) -> Response:
-        return await metadata(request, name, None)
+    async def model_metadata(
+        handler: OipHandlerDep, name: Name, principal: ModelReader
+    ) -> Response:
+        return _json(await handler.model_metadata(name, None))
 
     @router.get(
         "/v2/models/{name}/versions/{version}",
@@ -280,12 +273,12 @@ def build_router(models: RequestModels) -> APIRouter:
         summary="OIP: metadata of one verified model version",
     )
     async def version_metadata(
-        request: Request, name: Name, version: Version, principal: Reader
+        handler: OipHandlerDep, name: Name, version: Version, principal: ModelReader
     ) -> Response:
-        return await metadata(request, name, version)
+        return _json(await handler.model_metadata(name, version))
 
-    async def model_ready(request: Request, name: str, version: str | None) -> Response:
-        await _handler(request).model_ready(name, version)
+    async def model_ready(handler: OipHandler, name: str, version: str | None) -> Response:
+        await handler.model_ready(name, version)
         return _json({"name": name, "ready": True})
 
     @router.get(
@@ -294,8 +287,8 @@ def build_router(models: RequestModels) -> APIRouter:
         responses=READ_ERRORS,
         summary="OIP: model readiness (200 ready; 503 no model loaded)",
     )
-    async def ready_active(request: Request, name: Name, principal: Reader) -> Response:
-        return await model_ready(request, name, None)
+    async def ready_active(handler: OipHandlerDep, name: Name, principal: ModelReader) -> Response:
+        return await model_ready(handler, name, None)
 
     @router.get(
         "/v2/models/{name}/versions/{version}/ready",
@@ -304,14 +297,16 @@ def build_router(models: RequestModels) -> APIRouter:
         summary="OIP: readiness of one model version (verified: ready)",
     )
     async def ready_version(
-        request: Request, name: Name, version: Version, principal: Reader
+        handler: OipHandlerDep, name: Name, version: Version, principal: ModelReader
     ) -> Response:
-        return await model_ready(request, name, version)
+        return await model_ready(handler, name, version)
 
-    async def infer(request: Request, name: str, version: str | None) -> Response:
-        body = await _read_body(request, request.app.state.services.settings.max_body_bytes)
+    async def infer(
+        request: Request, services: Services, handler: OipHandler, name: str, version: str | None
+    ) -> Response:
+        body = await _read_body(request, services.settings.max_body_bytes)
         call = _parse_infer(models, request, body)
-        result = await _handler(request).infer(name, version, call, request.scope["ml"])
+        result = await handler.infer(name, version, call, request.scope["ml"])
         return _infer_response(result)
 
     @router.post(
@@ -321,8 +316,14 @@ def build_router(models: RequestModels) -> APIRouter:
         openapi_extra=infer_doc,
         summary="OIP: inference with the active version",
     )
-    async def infer_active(request: Request, name: Name, principal: Predictor) -> Response:
-        return await infer(request, name, None)
+    async def infer_active(
+        request: Request,
+        services: ServicesDep,
+        handler: OipHandlerDep,
+        name: Name,
+        principal: Predictor,
+    ) -> Response:
+        return await infer(request, services, handler, name, None)
 
     @router.post(
         "/v2/models/{name}/versions/{version}/infer",
@@ -332,8 +333,13 @@ def build_router(models: RequestModels) -> APIRouter:
         summary="OIP: inference with one verified version (not activated)",
     )
     async def infer_version(
-        request: Request, name: Name, version: Version, principal: Predictor
+        request: Request,
+        services: ServicesDep,
+        handler: OipHandlerDep,
+        name: Name,
+        version: Version,
+        principal: Predictor,
     ) -> Response:
-        return await infer(request, name, version)
+        return await infer(request, services, handler, name, version)
 
     return router

@@ -12,7 +12,6 @@ import orjson
 from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
-from ...auth import Principal, require
 from ...errors import ApiError
 from ...middleware import RequestInfo
 from ...model import LoadedModel
@@ -27,6 +26,7 @@ from ...schemas import (
     RequestModels,
 )
 from ...services import Services, model_info_body
+from ..deps import FeedbackWriter, ModelReader, Predictor, ServicesDep
 
 log = logging.getLogger("ml_service.predict")
 
@@ -88,10 +88,11 @@ def build_router(models: RequestModels) -> APIRouter:
     )
     async def predict(
         request: Request,
+        services: ServicesDep,
         body: Annotated[PredictBody, Body()],  # type: ignore[valid-type]
-        principal: Annotated[Principal, require("predict", "predict")],
+        principal: Predictor,
     ) -> Response:
-        return _json(await predict_body(request.app.state.services, request.scope["ml"], body))
+        return _json(await predict_body(services, request.scope["ml"], body))
 
     @router.get(
         "/model/info",
@@ -100,10 +101,8 @@ def build_router(models: RequestModels) -> APIRouter:
         responses=errors(401, 403, 429, 503),
         summary="The served model: version, SHA-256, metrics, features, classes",
     )
-    async def model_info(
-        request: Request, principal: Annotated[Principal, require("model:read", "read")]
-    ) -> Response:
-        return _json(model_info_body(_active(request.app.state.services)))
+    async def model_info(services: ServicesDep, principal: ModelReader) -> Response:
+        return _json(model_info_body(_active(services)))
 
     @router.post(
         "/feedback",
@@ -113,11 +112,8 @@ def build_router(models: RequestModels) -> APIRouter:
         summary="Report the true class of an earlier prediction (rolling accuracy)",
     )
     async def feedback(
-        request: Request,
-        body: FeedbackRequest,
-        principal: Annotated[Principal, require("feedback:write", "predict")],
+        services: ServicesDep, body: FeedbackRequest, principal: FeedbackWriter
     ) -> Response:
-        services: Services = request.app.state.services
         model = _active(services)
         if isinstance(body.true_class, str):
             label = (

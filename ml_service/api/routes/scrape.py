@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
 from ... import metrics
-from ...auth import Principal, require
 from ...openapi import errors
+from ..deps import MetricsReader
 
 router = APIRouter(tags=["ops"])
 
@@ -27,9 +25,6 @@ router = APIRouter(tags=["ops"])
     response_class=Response,
     summary="Prometheus metrics (scrape token or a viewer/admin access token)",
 )
-async def metrics_endpoint(
-    request: Request,
-    principal: Annotated[Principal, require("metrics:read", "read", scrape_token_ok=True)],
-) -> Response:
+async def metrics_endpoint(principal: MetricsReader) -> Response:
     body, content_type = await anyio.to_thread.run_sync(metrics.render)
     return Response(body, media_type=content_type)
