@@ -1,4 +1,4 @@
-"""Bearer authentication, role permissions and the per-request rate limit."""
+"""Bearer authentication and role permissions, then the request's rate-limit hit (rate_limit.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hmac
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import metrics
+from . import metrics, rate_limit
 from .errors import ApiError
 from .settings import EndpointClass
 from .tokens import Claims, TokenError
@@ -99,38 +99,10 @@ async def authenticate(
             missing_permission=permission,
         )
     if endpoint_class is not None:
-        redis = services.redis
-        if endpoint_class == "admin" and not redis.up:
-            raise ApiError(
-                503,
-                "rate-limit store unavailable; admin calls are suspended",
-                headers={"Retry-After": "5"},
-            )
-        limit = services.settings.limit_for(claims.sub, claims.role, endpoint_class)
-        decision = await redis.authorize(claims.sub, endpoint_class, claims.jti, limit)
-        if decision.revoked:
+        # The denylist check of the token rides on the rate-limit hit: one Redis call.
+        if not await rate_limit.hit(services, info, claims, endpoint_class):
             info.detail = "revoked"
             raise unauthorized("revoked")
-        if decision.degraded and endpoint_class == "admin":
-            raise ApiError(
-                503,
-                "rate-limit store unavailable; admin calls are suspended",
-                headers={"Retry-After": "5"},
-            )
-        info.ratelimit = (
-            decision.limit,
-            decision.remaining,
-            decision.reset,
-            limit.period_seconds,
-        )
-        if not decision.allowed:
-            metrics.RATE_LIMITED.labels(endpoint_class).inc()
-            info.detail = f"rate limited ({endpoint_class})"
-            raise ApiError(
-                429,
-                f"rate limit for '{endpoint_class}' exceeded",
-                headers={"Retry-After": str(decision.retry_after)},
-            )
     elif claims.jti in services.redis.local_revoked:
         raise unauthorized("revoked")
     return Principal(claims.sub, claims.role, claims.jti, claims.exp)
