@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from .json_response import JsonResponse
 from .logs import request_id_var
 
 log = logging.getLogger("ml_service.errors")
@@ -71,12 +72,7 @@ def error_response(
         "request_id": request_id_var.get(),
     }
     body.update(extra)
-    return Response(
-        orjson.dumps({"error": body}),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
+    return JsonResponse({"error": body}, status_code=status, headers=headers)
 
 
 def error_body_bytes(status: int, message: str) -> bytes:
@@ -102,12 +98,7 @@ def oip_error_response(
     if retry is not None:
         # Clients of the protocol show the message only: say there when to retry.
         message = f"{message}; retry after {retry} s"
-    return Response(
-        orjson.dumps({"error": message}),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
+    return JsonResponse({"error": message}, status_code=status, headers=headers)
 
 
 async def api_error_response(request: Request, exc: Exception) -> Response:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio
-import orjson
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from ...errors import ApiError
+from ...json_response import JsonResponse
 from ...model import ModelIntegrityError, NoModelError
 from ...openapi import errors
 from ...schemas import ModelInfo, UserInfo, VersionList
@@ -17,10 +17,6 @@ from ...services import Services, model_info_body
 from ..deps import ModelsAdmin, ServicesDep, UsersAdmin
 
 router = APIRouter(tags=["admin"])
-
-
-def _json(data: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 def _version_list(services: Services) -> dict[str, object]:
@@ -54,7 +50,7 @@ def _model_info(services: Services) -> dict[str, object]:
     summary="Model versions with their status",
 )
 async def list_versions(services: ServicesDep, principal: ModelsAdmin) -> Response:
-    return _json(await anyio.to_thread.run_sync(_version_list, services))
+    return JsonResponse(await anyio.to_thread.run_sync(_version_list, services))
 
 
 @router.post(
@@ -81,7 +77,7 @@ async def activate(
         raise ApiError(503, f"cannot record the activation: {exc.strerror}") from None
     services.publish_model()
     request.scope["ml"].model_version = version
-    return _json(_model_info(services))
+    return JsonResponse(_model_info(services))
 
 
 @router.post(
@@ -99,7 +95,7 @@ async def rollback(request: Request, services: ServicesDep, principal: ModelsAdm
         raise ApiError(503, f"cannot record the rollback: {exc.strerror}") from None
     services.publish_model()
     request.scope["ml"].model_version = model.version
-    return _json(_model_info(services))
+    return JsonResponse(_model_info(services))
 
 
 @router.get(
@@ -109,4 +105,4 @@ async def rollback(request: Request, services: ServicesDep, principal: ModelsAdm
     summary="Users and roles (manage them with `python -m ml_service users`)",
 )
 async def list_users(services: ServicesDep, principal: UsersAdmin) -> Response:
-    return _json([{"name": n, "role": r} for n, r in services.users.names_and_roles()])
+    return JsonResponse([{"name": n, "role": r} for n, r in services.users.names_and_roles()])

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from ...json_response import JsonResponse
 from ...schemas import Health
 from ...services import Services
 from ..deps import ServicesDep
 
 router = APIRouter(tags=["health"])
-
-
-def _json(data: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 def readiness(services: Services) -> tuple[bool, dict[str, object]]:
@@ -44,7 +40,7 @@ _NOT_READY: dict[int | str, dict[str, Any]] = {
 
 @router.get("/health/live", response_model=Health, summary="Liveness")
 async def live() -> Response:
-    return _json({"status": "ok"})
+    return JsonResponse({"status": "ok"})
 
 
 @router.get(
@@ -55,4 +51,4 @@ async def live() -> Response:
 )
 async def ready(services: ServicesDep) -> Response:
     ok, body = readiness(services)
-    return _json(body, 200 if ok else 503)
+    return JsonResponse(body, 200 if ok else 503)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
 from ... import metrics
 from ...auth import unauthorized
 from ...errors import ApiError
+from ...json_response import JsonResponse
 from ...openapi import errors
 from ...redis_state import RedisUnavailable
 from ...schemas import RevokeResponse, TokenResponse
@@ -22,10 +22,6 @@ router = APIRouter(tags=["auth"])
 
 _UNAVAILABLE = "the token service is temporarily unavailable"
 _BUSY = "too many logins in progress; try again in a moment"
-
-
-def _json(data: object) -> Response:
-    return Response(orjson.dumps(data), media_type="application/json")
 
 
 @router.post(
@@ -74,7 +70,7 @@ async def token(
         raise ApiError(503, _UNAVAILABLE, headers={"Retry-After": "5"}) from None
     access_token, claims = services.tokens.issue(user.name, user.role, user.token_generation)
     info.role = user.role
-    return _json(
+    return JsonResponse(
         {
             "access_token": access_token,
             "token_type": "bearer",
@@ -96,4 +92,4 @@ async def revoke(services: ServicesDep, principal: TokenHolder) -> Response:
         )
     except RedisUnavailable:
         raise ApiError(503, _UNAVAILABLE, headers={"Retry-After": "5"}) from None
-    return _json({"revoked": True})
+    return JsonResponse({"revoked": True})

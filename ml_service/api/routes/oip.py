@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from ...errors import ApiError, validation_message
+from ...json_response import JsonResponse
 from ...oip.handlers import OipHandler
 from ...oip.tensors import InferRequest, InferResult, InputTensor, RequestedOutput
 from ...openapi import oip_errors
@@ -47,10 +48,6 @@ _CONTENT_TYPES = (
 Name = Annotated[str, Path(min_length=1, max_length=64)]
 Version = Annotated[str, Path(min_length=1, max_length=64)]
 READ_ERRORS = oip_errors(401, 403, 404, 429, 503)
-
-
-def _json(data: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -220,6 +217,7 @@ def _infer_response(result: InferResult) -> Response:
         }
     )
     if not chunks:
+        # Encoded above, not by JsonResponse: with binary outputs its length frames them.
         return Response(header, media_type="application/json")
     return Response(
         b"".join([header, *chunks]),
@@ -234,7 +232,7 @@ def build_router(models: RequestModels) -> APIRouter:
 
     @router.get("/v2/health/live", response_model=V2Live, summary="OIP: server liveness")
     async def live(handler: OipHandlerDep) -> Response:
-        return _json({"live": handler.live()})
+        return JsonResponse({"live": handler.live()})
 
     @router.get(
         "/v2/health/ready",
@@ -244,7 +242,7 @@ def build_router(models: RequestModels) -> APIRouter:
     )
     async def ready(services: ServicesDep) -> Response:
         ok, _ = readiness(services)
-        return _json({"ready": ok}, 200 if ok else 503)
+        return JsonResponse({"ready": ok}, 200 if ok else 503)
 
     @router.get(
         "/v2",
@@ -253,7 +251,7 @@ def build_router(models: RequestModels) -> APIRouter:
         summary="OIP: server metadata",
     )
     async def server_metadata(handler: OipHandlerDep, principal: ModelReader) -> Response:
-        return _json(handler.server_metadata())
+        return JsonResponse(handler.server_metadata())
 
     @router.get(
         "/v2/models/{name}",
@@ -264,7 +262,7 @@ def build_router(models: RequestModels) -> APIRouter:
     async def model_metadata(
         handler: OipHandlerDep, name: Name, principal: ModelReader
     ) -> Response:
-        return _json(await handler.model_metadata(name, None))
+        return JsonResponse(await handler.model_metadata(name, None))
 
     @router.get(
         "/v2/models/{name}/versions/{version}",
@@ -275,11 +273,11 @@ def build_router(models: RequestModels) -> APIRouter:
     async def version_metadata(
         handler: OipHandlerDep, name: Name, version: Version, principal: ModelReader
     ) -> Response:
-        return _json(await handler.model_metadata(name, version))
+        return JsonResponse(await handler.model_metadata(name, version))
 
     async def model_ready(handler: OipHandler, name: str, version: str | None) -> Response:
         await handler.model_ready(name, version)
-        return _json({"name": name, "ready": True})
+        return JsonResponse({"name": name, "ready": True})
 
     @router.get(
         "/v2/models/{name}/ready",

@@ -8,11 +8,11 @@ import logging
 from typing import Annotated
 
 import numpy as np
-import orjson
 from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
 from ...errors import ApiError
+from ...json_response import JsonResponse
 from ...middleware import RequestInfo
 from ...model import LoadedModel
 from ...openapi import AUTHED, errors
@@ -29,10 +29,6 @@ from ...services import Services, model_info_body
 from ..deps import FeedbackWriter, ModelReader, Predictor, ServicesDep
 
 log = logging.getLogger("ml_service.predict")
-
-
-def _json(data: object) -> Response:
-    return Response(orjson.dumps(data), media_type="application/json")
 
 
 def _active(services: Services) -> LoadedModel:
@@ -92,7 +88,7 @@ def build_router(models: RequestModels) -> APIRouter:
         body: Annotated[PredictBody, Body()],  # type: ignore[valid-type]
         principal: Predictor,
     ) -> Response:
-        return _json(await predict_body(services, request.scope["ml"], body))
+        return JsonResponse(await predict_body(services, request.scope["ml"], body))
 
     @router.get(
         "/model/info",
@@ -102,7 +98,7 @@ def build_router(models: RequestModels) -> APIRouter:
         summary="The served model: version, SHA-256, metrics, features, classes",
     )
     async def model_info(services: ServicesDep, principal: ModelReader) -> Response:
-        return _json(model_info_body(_active(services)))
+        return JsonResponse(model_info_body(_active(services)))
 
     @router.post(
         "/feedback",
@@ -145,7 +141,7 @@ def build_router(models: RequestModels) -> APIRouter:
             # 409: the body is well-formed; it conflicts with the classes of the served model.
             raise ApiError(409, "true_class is not a class of the model")
         accuracy = services.monitor.observe_feedback(version or model.version, correct)
-        return _json(
+        return JsonResponse(
             {
                 "request_id": body.request_id,
                 "instance": body.instance,
