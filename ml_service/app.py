@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
-from . import __version__, errors, metrics
+from . import __version__, http_errors, metrics
 from .api.routes import admin, health, login, oip, predict, scrape
 from .hot_path import PredictHotPath, ServiceApp
 from .middleware import ServiceMiddleware
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     app.state.oip = handler
-    errors.install(app)
+    http_errors.install(app)
     # This order is the OpenAPI document's order of paths.
     app.include_router(login.router)
     app.include_router(predict.build_router(services.models))

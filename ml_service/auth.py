@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import metrics, rate_limit
-from .errors import ApiError
+from .http_errors import ApiError
 from .settings import EndpointClass
 from .tokens import Claims, TokenError
 

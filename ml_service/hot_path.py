@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api.routes.predict import predict_body
 from .auth import authenticate
-from .errors import ApiError, api_error_response
+from .http_errors import ApiError, api_error_response
 
 if TYPE_CHECKING:
     from .services import Services

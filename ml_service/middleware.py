@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import metrics
 from .audit import AuditLog
 from .auth import SCRAPER_ROLE
-from .errors import error_body_bytes
+from .http_errors import error_body_bytes
 from .logs import request_id_var
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import metrics
-from .errors import ApiError
+from .http_errors import ApiError
 
 if TYPE_CHECKING:
     from .middleware import RequestInfo

@@ -31,7 +31,7 @@ from grpc import aio
 from starlette.requests import Request
 
 from .. import metrics
-from ..errors import ApiError
+from ..http_errors import ApiError
 from ..logs import request_id_var
 from ..middleware import RequestInfo, _outcome
 from ..oip.handlers import OipHandler

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import __version__
-from ..errors import ApiError
+from ..http_errors import ApiError
 from ..model import LoadedModel, ModelIntegrityError
 from .tensors import INPUT_DTYPES, InferRequest, InferResult, InputTensor, OutputTensor
 

@@ -8,13 +8,13 @@ import anyio
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
-from ...errors import ApiError
+from ...http_errors import ApiError
 from ...json_response import JsonResponse
 from ...model import ModelIntegrityError, NoModelError
-from ...openapi import errors
 from ...schemas import ModelInfo, UserInfo, VersionList
 from ...services import Services, model_info_body
 from ..deps import ModelsAdmin, ServicesDep, UsersAdmin
+from ..openapi_errors import error_responses
 
 router = APIRouter(tags=["admin"])
 
@@ -46,7 +46,7 @@ def _model_info(services: Services) -> dict[str, object]:
 @router.get(
     "/admin/models",
     response_model=VersionList,
-    responses=errors(401, 403, 429, 503),
+    responses=error_responses(401, 403, 429, 503),
     summary="Model versions with their status",
 )
 async def list_versions(services: ServicesDep, principal: ModelsAdmin) -> Response:
@@ -56,7 +56,7 @@ async def list_versions(services: ServicesDep, principal: ModelsAdmin) -> Respon
 @router.post(
     "/admin/models/{version}/activate",
     response_model=ModelInfo,
-    responses=errors(401, 403, 404, 409, 422, 429, 503),
+    responses=error_responses(401, 403, 404, 409, 422, 429, 503),
     summary="Verify and activate a model version (all workers follow)",
 )
 async def activate(
@@ -83,7 +83,7 @@ async def activate(
 @router.post(
     "/admin/models/rollback",
     response_model=ModelInfo,
-    responses=errors(401, 403, 409, 429, 503),
+    responses=error_responses(401, 403, 409, 429, 503),
     summary="Re-activate the previously active version",
 )
 async def rollback(request: Request, services: ServicesDep, principal: ModelsAdmin) -> Response:
@@ -101,7 +101,7 @@ async def rollback(request: Request, services: ServicesDep, principal: ModelsAdm
 @router.get(
     "/admin/users",
     response_model=list[UserInfo],
-    responses=errors(401, 403, 429, 503),
+    responses=error_responses(401, 403, 429, 503),
     summary="Users and roles (manage them with `python -m ml_service users`)",
 )
 async def list_users(services: ServicesDep, principal: UsersAdmin) -> Response:

@@ -9,14 +9,14 @@ from starlette.responses import Response
 
 from ... import metrics
 from ...auth import unauthorized
-from ...errors import ApiError
+from ...http_errors import ApiError
 from ...json_response import JsonResponse
-from ...openapi import errors
 from ...redis_state import RedisUnavailable
 from ...schemas import RevokeResponse, TokenResponse
 from ...services import HashQueueFull
 from ...users import audit_name
 from ..deps import ServicesDep, TokenHolder
+from ..openapi_errors import error_responses
 
 router = APIRouter(tags=["auth"])
 
@@ -27,7 +27,7 @@ _BUSY = "too many logins in progress; try again in a moment"
 @router.post(
     "/token",
     response_model=TokenResponse,
-    responses=errors(400, 401, 413, 422, 429, 503),
+    responses=error_responses(400, 401, 413, 422, 429, 503),
     summary="Exchange user name and password for a short-lived access token",
 )
 async def token(
@@ -82,7 +82,7 @@ async def token(
 @router.post(
     "/token/revoke",
     response_model=RevokeResponse,
-    responses=errors(401, 503),
+    responses=error_responses(401, 503),
     summary="Revoke the presented access token (logout)",
 )
 async def revoke(services: ServicesDep, principal: TokenHolder) -> Response:

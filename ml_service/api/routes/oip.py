@@ -18,11 +18,10 @@ from fastapi import APIRouter, Path, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from ...errors import ApiError, validation_message
+from ...http_errors import ApiError, validation_message
 from ...json_response import JsonResponse
 from ...oip.handlers import OipHandler
 from ...oip.tensors import InferRequest, InferResult, InputTensor, RequestedOutput
-from ...openapi import oip_errors
 from ...schemas import (
     InferResponse,
     RequestModels,
@@ -34,6 +33,7 @@ from ...schemas import (
 )
 from ...services import Services
 from ..deps import ModelReader, OipHandlerDep, Predictor, ServicesDep
+from ..openapi_errors import oip_error_responses
 from .health import readiness
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -47,7 +47,7 @@ _CONTENT_TYPES = (
 
 Name = Annotated[str, Path(min_length=1, max_length=64)]
 Version = Annotated[str, Path(min_length=1, max_length=64)]
-READ_ERRORS = oip_errors(401, 403, 404, 429, 503)
+READ_ERRORS = oip_error_responses(401, 403, 404, 429, 503)
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +95,7 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
         "(Inference-Header-Content-Length names the JSON part's length)",
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     },
-    **oip_errors(400, 401, 403, 404, 413, 415, 422, 429, 503),
+    **oip_error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
 }
 
 
@@ -247,7 +247,7 @@ def build_router(models: RequestModels) -> APIRouter:
     @router.get(
         "/v2",
         response_model=V2ServerMetadata,
-        responses=oip_errors(401, 403, 429, 503),
+        responses=oip_error_responses(401, 403, 429, 503),
         summary="OIP: server metadata",
     )
     async def server_metadata(handler: OipHandlerDep, principal: ModelReader) -> Response:

@@ -11,11 +11,10 @@ import numpy as np
 from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
-from ...errors import ApiError
+from ...http_errors import ApiError
 from ...json_response import JsonResponse
 from ...middleware import RequestInfo
 from ...model import LoadedModel
-from ...openapi import AUTHED, errors
 from ...redis_state import RedisUnavailable
 from ...schemas import (
     BatchPredictResponse,
@@ -27,6 +26,7 @@ from ...schemas import (
 )
 from ...services import Services, model_info_body
 from ..deps import FeedbackWriter, ModelReader, Predictor, ServicesDep
+from ..openapi_errors import AUTHED, error_responses
 
 log = logging.getLogger("ml_service.predict")
 
@@ -79,7 +79,7 @@ def build_router(models: RequestModels) -> APIRouter:
         "/predict",
         tags=["predict"],
         response_model=PredictResponse | BatchPredictResponse,
-        responses=errors(*AUTHED),
+        responses=error_responses(*AUTHED),
         summary="Classify one row (features) or a batch (instances)",
     )
     async def predict(
@@ -94,7 +94,7 @@ def build_router(models: RequestModels) -> APIRouter:
         "/model/info",
         tags=["model"],
         response_model=ModelInfo,
-        responses=errors(401, 403, 429, 503),
+        responses=error_responses(401, 403, 429, 503),
         summary="The served model: version, SHA-256, metrics, features, classes",
     )
     async def model_info(services: ServicesDep, principal: ModelReader) -> Response:
@@ -104,7 +104,7 @@ def build_router(models: RequestModels) -> APIRouter:
         "/feedback",
         tags=["predict"],
         response_model=FeedbackResponse,
-        responses=errors(*AUTHED, 404, 409),
+        responses=error_responses(*AUTHED, 404, 409),
         summary="Report the true class of an earlier prediction (rolling accuracy)",
     )
     async def feedback(

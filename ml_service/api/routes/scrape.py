@@ -7,8 +7,8 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from ... import metrics
-from ...openapi import errors
 from ..deps import MetricsReader
+from ..openapi_errors import error_responses
 
 router = APIRouter(tags=["ops"])
 
@@ -20,7 +20,7 @@ router = APIRouter(tags=["ops"])
             "content": {"text/plain": {"schema": {"type": "string"}}},
             "description": "Prometheus text format",
         },
-        **errors(401, 403, 429, 503),
+        **error_responses(401, 403, 429, 503),
     },
     response_class=Response,
     summary="Prometheus metrics (scrape token or a viewer/admin access token)",

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from .json_response import JsonResponse
 from .logs import request_id_var
 
+# Named as before the module became http_errors.py: its log lines keep their logger.
 log = logging.getLogger("ml_service.errors")
 
 _CODES = {

@@ -1,4 +1,5 @@
-"""OpenAPI response documentation shared by the routes."""
+"""The error responses the routes document in the OpenAPI document (the bodies themselves are
+``ml_service.http_errors``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .schemas import ErrorResponse, OipError
+from ..schemas import ErrorResponse, OipError
 
 _DESCRIPTIONS = {
     400: "The body could not be read (e.g. not UTF-8)",
@@ -22,7 +23,9 @@ _DESCRIPTIONS = {
 }
 
 
-def errors(*codes: int, model: type[BaseModel] = ErrorResponse) -> dict[int | str, dict[str, Any]]:
+def error_responses(
+    *codes: int, model: type[BaseModel] = ErrorResponse
+) -> dict[int | str, dict[str, Any]]:
     responses: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         entry: dict[str, Any] = {"model": model, "description": _DESCRIPTIONS[code]}
@@ -38,9 +41,9 @@ def errors(*codes: int, model: type[BaseModel] = ErrorResponse) -> dict[int | st
     return responses
 
 
-def oip_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+def oip_error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The Open Inference Protocol's error body, ``{"error": "<message>"}``."""
-    return errors(*codes, model=OipError)
+    return error_responses(*codes, model=OipError)
 
 
 # Every authenticated, rate-limited route can answer these.
