@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+
+from signed_models import make_keys, make_signed_model
 
 from ml_service.model import ModelRegistry
-from ml_service.model.testing import make_keys, make_signed_model
 
 
 def time_calls(fn, X, n: int) -> list[float]:

@@ -34,11 +34,11 @@ import tritonclient.grpc.aio as tgrpc
 import tritonclient.http.aio as thttp
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "service"))
 
 from service_support import Deployment, RedisServer, Server, free_port  # noqa: E402
-
-from ml_service.model.testing import make_keys, make_signed_model  # noqa: E402
+from signed_models import make_keys, make_signed_model  # noqa: E402
 
 BENCH_USER = "bench"
 BENCH_PASSWORD = secrets.token_urlsafe(18)  # a throw-away user of a throw-away deployment

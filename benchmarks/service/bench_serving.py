@@ -51,9 +51,9 @@ sys.path.insert(0, str(REPO / "tests" / "service"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from service_support import Deployment, RedisServer, Server, free_port, wait_port  # noqa: E402
+from signed_models import make_keys, make_signed_model  # noqa: E402
 from wrk_report import run_wrk  # noqa: E402
 
-from ml_service.model.testing import make_keys, make_signed_model  # noqa: E402
 from ml_service.settings import Settings  # noqa: E402
 
 BENCH_USER = "bench"

@@ -6,8 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from ml_service.model.testing import SigningKeys, make_keys, make_signed_model
+from signed_models import SigningKeys, make_keys, make_signed_model
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from signed_models import SigningKeys
 
 from ml_service.model.artifact import (
     is_valid_version,
@@ -14,7 +15,6 @@ from ml_service.model.artifact import (
     write_artifact,
 )
 from ml_service.model.signing import load_private_key
-from ml_service.model.testing import SigningKeys
 
 FILES = {"model.joblib": b"not really a model", "metadata.json": b"{}"}
 

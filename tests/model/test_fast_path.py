@@ -9,6 +9,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+from signed_models import SigningKeys
 from sklearn.datasets import load_iris
 from sklearn.ensemble import (
     ExtraTreesClassifier,
@@ -22,7 +23,6 @@ from ml_service.model import ModelRegistry
 from ml_service.model.artifact import canonical_json, write_artifact
 from ml_service.model.fast_forest import FastForest, UnsupportedModel
 from ml_service.model.signing import load_private_key
-from ml_service.model.testing import SigningKeys
 
 TOL = 1e-6
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
+from signed_models import SigningKeys
 
 from ml_service.model import LoadedModel, ModelIntegrityError, ModelRegistry, NoModelError
 from ml_service.model.artifact import canonical_json, sha256_hex, write_artifact
 from ml_service.model.signing import load_private_key
-from ml_service.model.testing import SigningKeys
 
 ROW = np.array([[5.1, 3.5, 1.4, 0.2]])
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
+from signed_models import SigningKeys, make_keys, make_signed_model
 
 from ml_service.model import ModelRegistry, NoModelError
 from ml_service.model.artifact import canonical_json, write_artifact
 from ml_service.model.signing import load_private_key
-from ml_service.model.testing import SigningKeys, make_keys, make_signed_model
 
 ROW = np.array([[6.0, 2.9, 4.5, 1.5]])
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from signed_models import SigningKeys
 from waiting import wait_until
 
 from ml_service.model import ModelRegistry
 from ml_service.model.artifact import canonical_json, write_artifact
 from ml_service.model.signing import load_private_key
-from ml_service.model.testing import SigningKeys
 
 PROCESSES = 4
 PER_PROCESS = 4

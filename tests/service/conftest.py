@@ -19,8 +19,7 @@ from service_support import (
     limited_overrides,
     make_deployment,
 )
-
-from ml_service.model.testing import SigningKeys, make_keys, make_signed_model
+from signed_models import SigningKeys, make_keys, make_signed_model
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,10 +13,9 @@ from typing import Any
 import httpx
 import pytest
 from service_support import ROW, RedisServer, Server, bearer, make_deployment
+from signed_models import SigningKeys
 from waiting import wait_until
 from workers import every_worker, fresh, until_every_worker, worker_of
-
-from ml_service.model.testing import SigningKeys
 
 
 @pytest.fixture(scope="module")

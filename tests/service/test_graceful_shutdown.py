@@ -32,9 +32,8 @@ from service_support import (
     make_deployment,
     run_cli,
 )
+from signed_models import SigningKeys
 from waiting import wait_until
-
-from ml_service.model.testing import SigningKeys
 
 CLIENTS = 12
 # Keep-alive clients on top: many predictions in flight at once, so audit records are written

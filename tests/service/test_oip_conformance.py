@@ -32,11 +32,11 @@ from service_support import (
     limited_overrides,
     make_deployment,
 )
+from signed_models import SigningKeys
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from ml_service.model import LoadedModel, ModelRegistry
-from ml_service.model.testing import SigningKeys
 
 PREFIX = "oip"
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]])

@@ -11,9 +11,8 @@ import httpx
 import pytest
 import yaml
 from service_support import REPO, RedisServer, Server, bearer, make_deployment
+from signed_models import SigningKeys
 from workers import every_worker, fresh, until_every_worker
-
-from ml_service.model.testing import SigningKeys
 
 
 def role_persistence() -> str:

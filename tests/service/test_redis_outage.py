@@ -22,8 +22,7 @@ from service_support import (
     limited_overrides,
     make_deployment,
 )
-
-from ml_service.model.testing import SigningKeys
+from signed_models import SigningKeys
 
 
 @pytest.fixture(scope="module")

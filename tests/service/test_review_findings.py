@@ -29,8 +29,8 @@ from service_support import (
     make_deployment,
     run_cli,
 )
+from signed_models import SigningKeys
 
-from ml_service.model.testing import SigningKeys
 from ml_service.users import set_password
 
 PREFIX = "review"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from service_support import RedisServer, Server, make_deployment
+from signed_models import SigningKeys
 
-from ml_service.model.testing import SigningKeys
 from ml_service.tokens import key_id
 
 HERE = Path(__file__).parent

@@ -18,8 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
-from ml_service.model.testing import make_keys, make_signed_model
+from signed_models import make_keys, make_signed_model
 
 REPO = Path(__file__).resolve().parents[2]
 USER, PASSWORD = "smoke-test", "smoke test password 0123456789"

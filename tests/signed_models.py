@@ -1,4 +1,5 @@
-"""Helpers for tests and fixtures (also the service's): signed models in a few lines.
+"""Signed models in a few lines, for the tests and the benchmarks; here, not in ml_service/,
+so that the image (every .py of ml_service/) does not ship them.
 
 keys = make_keys(tmp_path / "keys")
 version_dir = make_signed_model(tmp_path / "models", keys)          # fast: 10 trees
@@ -10,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .signing import generate_keypair
-from .training import TrainConfig, train_to_registry
+from ml_service.model.signing import generate_keypair
+from ml_service.model.training import TrainConfig, train_to_registry
 
 
 @dataclass(frozen=True)
