@@ -31,8 +31,8 @@ def train_cli() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def client_cli() -> ModuleType:
-    return _load("test_client")
+def smoke_cli() -> ModuleType:
+    return _load("smoke_client")
 
 
 @pytest.fixture

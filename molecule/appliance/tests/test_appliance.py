@@ -22,8 +22,8 @@ def test_every_unit_active(host):
         assert state.stdout.strip() == "active", unit
 
 
-def test_smoke_test_client_through_traefik(host):
-    client = (REPO / "workspace" / "test_client.py").read_text()
+def test_smoke_client_through_traefik(host):
+    client = (REPO / "workspace" / "smoke_client.py").read_text()
     out = host.run(
         "python3 - --base-url https://api.localhost --connect-to 127.0.0.1:443 "
         "--ca-file /etc/appliance/ca.crt --username admin "

@@ -1,4 +1,4 @@
-"""test_client.py against the real service: redis-server + `python -m ml_service serve`
+"""workspace/smoke_client.py against the real service: redis-server + `python -m ml_service serve`
 over HTTP, and the same app under uvicorn with TLS (a throwaway CA) over HTTPS."""
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ def password_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_smoke_test_passes_over_http(stack: Stack, password_file: Path, client_cli, capsys) -> None:
-    rc = client_cli.main(
+def test_smoke_test_passes_over_http(stack: Stack, password_file: Path, smoke_cli, capsys) -> None:
+    rc = smoke_cli.main(
         ["--base-url", f"http://127.0.0.1:{stack.http_port}", "--username", USER,
          "--password-file", str(password_file), "--expect-class", "setosa"]
     )  # fmt: skip
@@ -39,9 +39,9 @@ def test_smoke_test_passes_over_http(stack: Stack, password_file: Path, client_c
 
 
 def test_smoke_test_passes_over_https_with_ca_file(
-    stack: Stack, password_file: Path, client_cli, capsys
+    stack: Stack, password_file: Path, smoke_cli, capsys
 ) -> None:
-    rc = client_cli.main(
+    rc = smoke_cli.main(
         ["--base-url", f"https://api.localhost:{stack.https_port}",
          "--connect-to", f"127.0.0.1:{stack.https_port}", "--ca-file", str(stack.ca_file),
          "--username", USER, "--password-file", str(password_file), "--json"]
@@ -51,8 +51,8 @@ def test_smoke_test_passes_over_https_with_ca_file(
     assert '"class_name": "setosa"' in out.out
 
 
-def test_untrusted_certificate_fails(stack: Stack, password_file: Path, client_cli, capsys) -> None:
-    rc = client_cli.main(
+def test_untrusted_certificate_fails(stack: Stack, password_file: Path, smoke_cli, capsys) -> None:
+    rc = smoke_cli.main(
         ["--base-url", f"https://api.localhost:{stack.https_port}",
          "--connect-to", f"127.0.0.1:{stack.https_port}",
          "--username", USER, "--password-file", str(password_file)]
@@ -61,10 +61,10 @@ def test_untrusted_certificate_fails(stack: Stack, password_file: Path, client_c
     assert "not trusted" in capsys.readouterr().err
 
 
-def test_wrong_password_fails(stack: Stack, tmp_path: Path, client_cli, capsys) -> None:
+def test_wrong_password_fails(stack: Stack, tmp_path: Path, smoke_cli, capsys) -> None:
     wrong = tmp_path / "wrong"
     wrong.write_text("not the password at all\n")
-    rc = client_cli.main(
+    rc = smoke_cli.main(
         ["--base-url", f"http://127.0.0.1:{stack.http_port}", "--username", USER,
          "--password-file", str(wrong)]
     )  # fmt: skip
@@ -72,8 +72,8 @@ def test_wrong_password_fails(stack: Stack, tmp_path: Path, client_cli, capsys) 
     assert "POST /token: expected HTTP 200, got 401" in capsys.readouterr().err
 
 
-def test_wrong_expected_class_fails(stack: Stack, password_file: Path, client_cli, capsys) -> None:
-    rc = client_cli.main(
+def test_wrong_expected_class_fails(stack: Stack, password_file: Path, smoke_cli, capsys) -> None:
+    rc = smoke_cli.main(
         ["--base-url", f"http://127.0.0.1:{stack.http_port}", "--username", USER,
          "--password-file", str(password_file), "--expect-class", "virginica"]
     )  # fmt: skip
@@ -81,8 +81,8 @@ def test_wrong_expected_class_fails(stack: Stack, password_file: Path, client_cl
     assert "expected 'virginica'" in capsys.readouterr().err
 
 
-def test_unreachable_service_fails(password_file: Path, client_cli, capsys) -> None:
-    rc = client_cli.main(
+def test_unreachable_service_fails(password_file: Path, smoke_cli, capsys) -> None:
+    rc = smoke_cli.main(
         ["--base-url", f"http://127.0.0.1:{free_port()}", "--username", USER,
          "--password-file", str(password_file)]
     )  # fmt: skip

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Post-deploy smoke test of the ML API: token -> predict -> model info.
 
-    python workspace/test_client.py --base-url https://api.localhost \\
+    python workspace/smoke_client.py --base-url https://api.localhost \\
         --ca-file /etc/appliance/ca.pem --username alice --password-file ~/.alice-pw
 
 Password: --password-file, else the environment variable ML_CLIENT_PASSWORD, else
@@ -263,7 +263,7 @@ def _host_port(text: str) -> tuple[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="test_client.py",
+        prog="smoke_client.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
