@@ -1,7 +1,8 @@
 """The traefik role's renewal timer script (roles/traefik/files/appliance-cert-renew), run as it is
 against an appliance-like CA that openssl makes in a temporary directory: a certificate close to
 expiry is re-issued (new serial, verifies against the CA, same names), a long-lived one is left
-alone, and a broken CA key leaves the old certificate and reports the failure."""
+alone, and a broken CA key leaves the old certificate and reports the failure. The converge
+(pki.yml) keeps a certificate the timer renewed."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from local_playbook import run_local_playbook
 
-SCRIPT = Path(__file__).resolve().parents[2] / "roles/traefik/files/appliance-cert-renew"
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "roles/traefik/files/appliance-cert-renew"
 NAMES = ["api.localhost", "dev.localhost", "metrics.localhost"]
 DAY = 86400
 
@@ -198,3 +201,58 @@ def test_check_config_refuses_what_the_role_must_not_write(pki: Path) -> None:
         result = subprocess.run(check, capture_output=True, text=True, check=False)
         assert result.returncode == 1, bad
         assert result.stderr
+
+
+PKI_PLAYBOOK = """
+- name: The traefik role's PKI tasks on temporary paths
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  vars_files:
+    - {role}/defaults/main.yml
+    - {role}/vars/main.yml
+  tasks:
+    - name: Issue the CA and the server certificate
+      ansible.builtin.include_tasks: {role}/tasks/pki.yml
+    - name: Write the renewal settings
+      ansible.builtin.copy:
+        content: "{{{{ __traefik_cert_renew | to_json }}}}"
+        dest: {out}/cert-renew.json
+        mode: "0644"
+"""
+
+
+def test_the_converge_keeps_a_certificate_the_timer_renewed(tmp_path: Path) -> None:
+    """pki.yml (community.crypto) must take the timer's certificate as its own: otherwise every
+    converge after a renewal would re-issue it."""
+    playbook = tmp_path / "pki.yml"
+    playbook.write_text(PKI_PLAYBOOK.format(role=REPO / "roles/traefik", out=tmp_path))
+    (tmp_path / "textfile").mkdir()
+    # extra vars: the only ones above the role files the play loads as vars_files
+    paths = {
+        "traefik_pki_dir": str(tmp_path / "pki"),
+        "traefik_ca_public_path": str(tmp_path / "ca.crt"),
+        "traefik_config_dir": str(tmp_path / "traefik"),
+        "traefik_textfile_dir": str(tmp_path / "textfile"),
+        "inventory_hostname": "test",
+    }
+    first = run_local_playbook(playbook, paths)
+    assert first.returncode == 0, first.stdout[-3000:]
+    before = _cert(tmp_path / "pki/server.crt")
+
+    # Forced: a threshold above the 397 days left (the lifetime is raised to keep it valid).
+    config = json.loads((tmp_path / "cert-renew.json").read_text())
+    assert config["cert"] == paths["traefik_pki_dir"] + "/server.crt"
+    config.update(valid_days=399, renew_days=398)
+    (tmp_path / "forced.json").write_text(json.dumps(config))
+    result = _run(tmp_path / "forced.json")
+    assert result.returncode == 0, result.stderr
+    renewed = _cert(tmp_path / "pki/server.crt")
+    assert renewed.serial_number != before.serial_number
+    published = tmp_path / "traefik/dynamic/server.crt"
+    assert published.read_bytes() == (tmp_path / "pki/server.crt").read_bytes()
+
+    again = run_local_playbook(playbook, paths)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "changed=0" in again.stdout, again.stdout[-3000:]
+    assert _cert(tmp_path / "pki/server.crt").serial_number == renewed.serial_number
