@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 
-def run_local_playbook(playbook: Path, extra: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    """``ansible-playbook`` against localhost with this interpreter and ``extra`` as vars."""
+def run_local_playbook(
+    playbook: Path, extra: dict[str, Any], *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """``ansible-playbook FLAGS`` on localhost with this interpreter and ``extra`` as vars."""
     ansible_playbook = shutil.which("ansible-playbook") or str(
         Path(sys.executable).parent / "ansible-playbook"
     )
@@ -26,6 +28,7 @@ def run_local_playbook(playbook: Path, extra: dict[str, Any]) -> subprocess.Comp
             f"ansible_python_interpreter={sys.executable}",
             "-e",
             json.dumps(extra),
+            *flags,
             str(playbook),
         ],
         capture_output=True,

@@ -9,16 +9,21 @@ listens there, not merely filtered.)
 from __future__ import annotations
 
 import json
+import shlex
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 SERVICE_USER = "appliance"
 HOSTS = ("api.localhost", "dev.localhost", "metrics.localhost")
 CA_PUBLIC = "/etc/appliance/ca.crt"
+RENEW_CONFIG = "/etc/appliance/cert-renew.json"
+TRAEFIK_PID = "systemctl --user show --property=MainPID --value traefik.service"
 ACCESS_LOG = "/var/log/appliance/traefik/access.log"
 METRICS_PASSWORD_FILE = "/etc/appliance/secrets/traefik-metrics-password"
 
@@ -97,6 +102,52 @@ def test_certificate_is_not_trusted_without_the_ca(address, tmp_path):
     )  # fmt: skip
     result = curl(address, empty, "https://api.localhost/", "-o", "/dev/null")
     assert result.returncode == 60, "a foreign CA must not verify the appliance certificate"
+
+
+def served_certificate(
+    address: str, ca_file: Path, name: str = "api.localhost"
+) -> x509.Certificate:
+    """The certificate Traefik presents for NAME, verified against the appliance CA."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    with (
+        socket.create_connection((address, 443), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=name) as tls,
+    ):
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def test_a_renewed_certificate_is_served_without_restarting_traefik(
+    host, as_service, address, ca_file
+):
+    """The renewal timer's command, made to renew now (renew_days above what is left), replaces
+    the certificate; Traefik's file provider serves the new one without a restart."""
+    before = served_certificate(address, ca_file)
+    pid = as_service(TRAEFIK_PID).stdout.strip()
+    with host.sudo():
+        config = json.loads(host.file(RENEW_CONFIG).content_string)
+        config["valid_days"] += 2
+        config["renew_days"] = config["valid_days"] - 1
+        forced = host.check_output("mktemp")
+        try:
+            host.run_test(f"printf %s {shlex.quote(json.dumps(config))} > {forced}")
+            renewed = host.run(f"/usr/local/sbin/appliance-cert-renew --config {forced}")
+        finally:
+            host.run(f"rm -f {forced}")
+        assert renewed.rc == 0, renewed.stderr
+        published = x509.load_pem_x509_certificate(
+            host.file(config["published_cert"]).content_string.encode()
+        )
+    assert published.serial_number != before.serial_number, "the command renewed nothing"
+    deadline = time.monotonic() + 60
+    while (served := served_certificate(address, ca_file)).serial_number != published.serial_number:
+        assert time.monotonic() < deadline, "Traefik still serves the old certificate after 60 s"
+        time.sleep(2)
+    assert served.subject == before.subject
+    assert served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value == (
+        before.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    )
+    after = as_service(TRAEFIK_PID).stdout.strip()
+    assert after == pid, "Traefik was restarted to pick up the certificate"
 
 
 @pytest.mark.parametrize("name", HOSTS)
