@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 import tarfile
@@ -131,9 +133,18 @@ def test_the_role_ships_a_changed_context_whole_and_nothing_otherwise(
     monkeypatch.setenv("TMPDIR", str(spool))  # where the controller's tar is made
     (tmp_path / "home" / "containers").mkdir(parents=True)
     context = tmp_path / "home" / "containers" / root.name
-    assert _ship(tmp_path, root, extra) == {"copied": True, "unpacked": True}
+    # The tar's modes, not the umask (077 after hardening), must reach the image: a context
+    # file 0600 there is unreadable to the container's user. (As root, tar keeps the modes
+    # anyway; the test discriminates when run as another user.)
+    umask = os.umask(0o077)
+    try:
+        assert _ship(tmp_path, root, extra) == {"copied": True, "unpacked": True}
+    finally:
+        os.umask(umask)
     assert (context / "src/pkg/b.py").read_text() == "b = 2\n"
-    assert (context / "entrypoint.sh").stat().st_mode & 0o100
+    assert stat.S_IMODE((context / "src/pkg/b.py").stat().st_mode) == 0o644
+    assert stat.S_IMODE((context / "src/pkg").stat().st_mode) == 0o755
+    assert stat.S_IMODE((context / "entrypoint.sh").stat().st_mode) == 0o755
     assert _ship(tmp_path, root, extra) == {"copied": False, "unpacked": False}
 
     fewer = {k: v for k, v in extra.items() if not k.endswith("b.py")}
