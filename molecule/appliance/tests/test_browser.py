@@ -1,6 +1,7 @@
 """A real browser through the edge: headless Chromium (Debian's chromium and chromium-driver,
 driven by Selenium) on the controller, trusting only the appliance CA, against the machine's
-address with the appliance's names. Screenshots go to artifacts/appliance/ (see conftest.py).
+address with the appliance's names. Screenshots go to artifacts/appliance/ (see conftest.py),
+among them ops-page.png, the ops page (https://metrics.localhost/consoles/ops.html).
 
 code-server allows 2 failed logins a minute: this module tries a wrong password once.
 """
@@ -10,7 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +195,87 @@ def test_api_openapi_document_loads(browser, artifacts):
     document = json.loads(text)
     assert document["openapi"].startswith("3.")
     assert "/predict" in document["paths"] and "/token" in document["paths"]
+
+
+OPS_PAGE = "https://metrics.localhost/consoles/ops.html"
+OPS_PANELS = (
+    "Request rate",
+    "Error rate (5xx)",
+    "Latency p50 / p99",
+    "Rate-limited (1 h)",
+    "Auth failures (1 h)",
+    "Rolling accuracy",
+    "Last good backup",
+    "Certificate days left",
+    "Predictions per class (1 h)",
+    "Drift: PSI per feature",
+)
+# Graphs that have data whenever the API is scraped: Traefik's health checks are requests too.
+OPS_GRAPHS_WITH_DATA = ("Request rate", "Error rate", "Latency")
+
+
+def _ops_page_text(driver: WebDriver, panel_id: str) -> str:
+    """A panel's text as written (textContent: the CSS upper-cases the rendered titles)."""
+    element = driver.find_element(By.ID, panel_id)
+    return " ".join((element.get_attribute("textContent") or "").split())
+
+
+def test_ops_page_shows_the_appliance_at_a_glance(host, browser, artifacts):
+    """files/prometheus/consoles/ops.html, served by Prometheus behind the metrics host's auth:
+    the numbers rendered by the template, the graphs drawn by its script from query_range."""
+    browser.get_log("performance")
+    browser.get(OPS_PAGE)
+    challenge = [r for r in responses(browser, OPS_PAGE) if r["status"] == 401]
+    assert challenge, "no 401 for the ops page without credentials"
+
+    token = base64.b64encode(f"{METRICS_USER}:{secret(host, METRICS_PASSWORD)}".encode()).decode()
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd(
+        "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}}
+    )
+    try:
+        # A rate needs two scrapes of the API within 5 minutes: reload until the page has one.
+        deadline = time.monotonic() + 180
+        while True:
+            browser.get(OPS_PAGE)
+            wait_for(
+                browser,
+                lambda d: all(
+                    s.get_attribute("data-state")
+                    for s in d.find_elements(By.CSS_SELECTOR, "svg.graph")
+                ),
+                "the ops page's graphs",
+                artifacts / "ops-page-missing.png",
+            )
+            rate = _ops_page_text(browser, "request-rate")
+            if re.search(r"\d+\.\d\d req/s", rate) or time.monotonic() > deadline:
+                break
+            time.sleep(10)
+        browser.save_screenshot(str(artifacts / "ops-page.png"))
+
+        assert browser.title.startswith("Appliance ops"), browser.title
+        titles = [h.get_attribute("textContent") for h in browser.find_elements(By.TAG_NAME, "h2")]
+        assert all(t in titles for t in OPS_PANELS), titles
+        assert re.search(r"\d+\.\d\d req/s", rate), rate
+        days = _ops_page_text(browser, "cert-days")
+        assert re.search(r"\d+\.\d days", days), days
+        body = browser.find_element(By.TAG_NAME, "body").text.lower()
+        # "Error rate" is a panel title; anything else would be a failed query or template.
+        assert "error" not in body.replace("error rate", ""), body
+        assert "nan" not in body.split(), body
+
+        graphs = {}
+        for svg in browser.find_elements(By.CSS_SELECTOR, "svg.graph"):
+            title = svg.find_element(By.XPATH, "preceding-sibling::h2").get_attribute("textContent")
+            assert svg.get_attribute("data-state") == "drawn", title
+            graphs[title] = [
+                p.get_attribute("d") for p in svg.find_elements(By.CSS_SELECTOR, "path.series")
+            ]
+        assert len(graphs) == 5, graphs
+        for prefix in OPS_GRAPHS_WITH_DATA:
+            drawn = [
+                d for title, paths in graphs.items() if title.startswith(prefix) for d in paths
+            ]
+            assert drawn and all(d.startswith("M") for d in drawn), (prefix, graphs)
+    finally:
+        browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
