@@ -33,7 +33,8 @@ help:
 	@echo "make apt-packages    install the missing Debian packages of .ci/apt-packages.txt (root)"
 	@echo "make venv            $(VENV) from requirements/dev.lock (hash-checked), again only when the lock changed"
 	@echo "make grpc-stubs      regenerate ml_service/oip/proto/*_pb2*.py from the vendored .proto"
-	@echo "make lint            yamllint, ansible-lint, ruff, shellcheck, playbook syntax checks"
+	@echo "make lint            yamllint, ansible-lint, ruff, shellcheck, playbook syntax checks, generated docs"
+	@echo "make docs            regenerate docs/variables.md and the alert table of docs/alerting.md"
 	@echo "make unit            pytest tests/"
 	@echo "make bench           serving benchmark: the API next to the bare stack (a few minutes, wrk)"
 	@echo "make molecule        the scenarios CI runs: $(SCENARIOS)"
@@ -98,7 +99,7 @@ test: deps
 
 # -k: every linter runs even when an earlier one fails, so one run shows all findings.
 lint:
-	@$(MAKE) --no-print-directory -k yamllint ansible-lint ruff shellcheck syntax role-docs-check task-repeats
+	@$(MAKE) --no-print-directory -k yamllint ansible-lint ruff shellcheck syntax role-docs-check alert-table-check task-repeats
 
 # No Ansible task body twice in roles/, playbooks/ or molecule/ (duplicates does not read YAML).
 task-repeats:
@@ -176,3 +177,14 @@ role-docs:
 
 role-docs-check:
 	$(BIN)/python scripts/role_docs.py --check
+
+# docs/alerting.md's alert table is generated from files/prometheus/alerts.yml (its annotations
+# description and runbook are the single source of "why it matters" and "what to do").
+.PHONY: docs alert-table alert-table-check
+docs: role-docs alert-table
+
+alert-table:
+	$(BIN)/python scripts/alert_table.py
+
+alert-table-check:
+	$(BIN)/python scripts/alert_table.py --check
