@@ -26,22 +26,11 @@ from pathlib import Path
 
 import pytest
 from local_playbook import role_playbook, run_local_playbook
+from ops_page import PANELS
 
 REPO = Path(__file__).resolve().parents[2]
 CONSOLES = REPO / "files" / "prometheus" / "consoles"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-PANELS = (
-    "Request rate",
-    "Error rate (5xx)",
-    "Latency p50 / p99",
-    "Rate-limited (1 h)",
-    "Auth failures (1 h)",
-    "Rolling accuracy",
-    "Last good backup",
-    "Certificate days left",
-    "Predictions per class (1 h)",
-    "Drift: PSI per feature",
-)
 # What a broken query or template would leave in the page.
 FAILURES = ("error executing", "template:", "NaN", "<no value>")
 
