@@ -17,10 +17,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from local_playbook import run_local_playbook
+from local_playbook import role_playbook, run_local_playbook
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "roles/podman/files/context_tarball.py"
+PODMAN = REPO / "roles/podman"
+SCRIPT = PODMAN / "files/context_tarball.py"
 
 
 def _pack(out: Path, context: Path, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -90,20 +91,21 @@ def _ship(
     """Run image_context.yml through include_role; return which of its host tasks changed."""
     playbook = tmp_path / "ship.yml"
     playbook.write_text(
-        f"""- name: Ship a build context
-  hosts: localhost
-  connection: local
-  gather_facts: false
+        role_playbook(
+            PODMAN,
+            "Ship a build context",
+            f"""
   tasks:
     - name: Ship it
       ansible.builtin.include_role:
-        name: {REPO / "roles/podman"}
+        name: {PODMAN}
         tasks_from: image_context
     - name: Say what changed
       ansible.builtin.debug:
         msg: "SHIPPED {{{{ {{'copied': __podman_image_tarball is changed,
                            'unpacked': __podman_image_unpack is changed}} | to_json }}}}"
-"""
+""",
+        )
     )
     home = tmp_path / "home"
     run = run_local_playbook(
