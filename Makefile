@@ -12,15 +12,14 @@ export ANSIBLE_GALAXY_DISABLE_GPG_VERIFY := 1
 
 # Debian packages of the tests, `make up` and CI: the one list, .ci/apt-packages.txt.
 APT_PACKAGES = $(shell sed -e 's/\#.*//' .ci/apt-packages.txt)
-# The appliance scenario converges everything default, services and ml_service converge and
-# collects the services and ml_service test directories (molecule/appliance/molecule.yml): CI
-# runs them there, not on machines of their own, and builds each image once. `make scenario
-# S=services` still runs one alone (services also proves check mode and one-service restarts).
-FOLDED_SCENARIOS = services ml_service
+# The appliance scenario converges everything default, services, ml_service and alerting
+# converge and collects their test directories (molecule/appliance/molecule.yml): CI runs them
+# there, not on machines of their own, and builds each image once. `make scenario S=services`
+# still runs one alone (services also proves check mode and one-service restarts).
+FOLDED_SCENARIOS = services ml_service alerting
 ALL_SCENARIOS = $(filter-out shared,$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
-# Quickest first, the appliance last: it is the longest, so the quick ones report first. alerting
-# has its own machine: it stops exporters for minutes and re-runs its role with other receivers.
-SCENARIOS = host_security alerting appliance
+# Quickest first, the appliance last: it is the longest, so the quick one reports first.
+SCENARIOS = host_security appliance
 PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
 PY_DIRS = $(wildcard ml_service workspace tests molecule scripts benchmarks)
 
@@ -160,8 +159,8 @@ up: deps
 	ansible-playbook molecule/shared/prepare.yml
 	ansible-playbook site.yml
 
-# The appliance scenario's checks (with the services and ml_service tests it collects) against
-# the machine `make up` made.
+# The appliance scenario's checks (with the services, ml_service and alerting tests it collects)
+# against the machine `make up` made.
 check-up:
 	pytest -p no:cacheprovider --hosts=ansible://mol-appliance \
 	  --ansible-inventory=inventories/local/hosts.yml --force-ansible molecule/appliance/tests \

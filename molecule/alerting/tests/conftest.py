@@ -1,27 +1,17 @@
-"""Helpers of the alerting scenario: the service account, amtool, the webhook sink's record,
-and re-runs of the alertmanager role with other variables."""
+"""Fixtures of the alerting tests: the service account, amtool, Prometheus queries, the webhook
+sink's record, and re-runs of the alertmanager role with other variables."""
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from alert_notifications import report_timings, sink_posts
+from alerting_support import AM_URL, run_alertmanager_role
 from service_account import SERVICE_USER, service_command
-
-AM_URL = "http://localhost:9093/alertmanager"
-SINK_LOG = "/var/lib/webhook-sink/posts.jsonl"
-CONFIG = "/etc/appliance/alertmanager/alertmanager.yml"
-# The same file inside the container.
-CONTAINER_CONFIG = "/etc/alertmanager/alertmanager.yml"
 
 
 @pytest.fixture(scope="module")
@@ -58,53 +48,22 @@ def promql(as_service) -> Callable[[str], str]:
     return query
 
 
-def wait_for(check: Callable[[], Any], timeout: float, interval: float = 3) -> Any:
-    """Poll ``check`` until it returns something truthy; its last result on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
+@pytest.fixture(scope="module")
+def sink_posts_of(host) -> Callable[[], list[dict[str, Any]]]:
+    """Every body the webhook sink has received so far."""
+    return lambda: sink_posts(host)
 
 
 @pytest.fixture(scope="module")
-def sink_posts(host) -> Callable[[], list[dict[str, Any]]]:
-    """Every body the webhook sink has received so far."""
-
-    def read() -> list[dict[str, Any]]:
-        out = host.run(f"cat {SINK_LOG} 2>/dev/null").stdout
-        return [json.loads(line)["body"] for line in out.splitlines() if line.strip()]
-
-    return read
-
-
-ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook") or str(
-    Path(sys.executable).parent / "ansible-playbook"
-)
-
-
-def run_alertmanager_role(extra_vars: dict[str, Any]) -> tuple[int, str]:
-    """alertmanager_only.yml with ``extra_vars`` on top of the scenario's inventory."""
-    scenario = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
-    proc = subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         str(scenario / "alertmanager_only.yml"), "-e", json.dumps(extra_vars)],
-        capture_output=True, text=True, timeout=600, check=False,
-        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"},
-    )  # fmt: skip
-    return proc.returncode, proc.stdout + proc.stderr
-
-
-def flat(text: str) -> str:
-    """Output with all whitespace runs collapsed (the yaml callback wraps long lines)."""
-    return " ".join(text.split())
-
-
-# Measured delays (name, seconds), printed at the end of the run.
-TIMINGS: list[tuple[str, float]] = []
+def alertmanager_role(request) -> Callable[[dict[str, Any]], tuple[int, str]]:
+    """The alertmanager role alone with extra variables, on the inventory the tests run against
+    (molecule's, or the one `make check-up` names)."""
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE") or request.config.getoption(
+        "ansible_inventory"
+    )
+    assert inventory, "no inventory: run under molecule or with --ansible-inventory"
+    return lambda extra_vars: run_alertmanager_role(inventory, extra_vars)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    for name, seconds in TIMINGS:
-        terminalreporter.write_line(f"alerting timing: {name}: {seconds:.0f} s")
+    report_timings(terminalreporter)

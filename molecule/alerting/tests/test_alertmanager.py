@@ -9,7 +9,8 @@ import tempfile
 
 import pytest
 import yaml
-from conftest import CONFIG, CONTAINER_CONFIG, wait_for
+from alert_notifications import wait_for
+from alerting_support import CONFIG, CONTAINER_CONFIG
 
 METRICS_PASSWORD_FILE = "/etc/appliance/secrets/traefik-metrics-password"
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import CONFIG, flat, run_alertmanager_role, wait_for
+from alert_notifications import wait_for
+from alerting_support import CONFIG, flat
 
 BAD_INHIBIT = [
     {"source_matchers": ['alertname="TargetDown"'], "target_matchers": ['alertname=~"("']}
@@ -18,10 +19,10 @@ def _started_at(as_service) -> str:
 
 
 @pytest.mark.timeout(900)
-def test_amtool_refusal_keeps_the_old_configuration(host, as_service):
+def test_amtool_refusal_keeps_the_old_configuration(host, alertmanager_role, as_service):
     before = host.file(CONFIG).sha256sum
     started = _started_at(as_service)
-    rc, out = run_alertmanager_role({"alertmanager_inhibit_rules": BAD_INHIBIT})
+    rc, out = alertmanager_role({"alertmanager_inhibit_rules": BAD_INHIBIT})
     assert rc != 0, out
     assert "failed to validate" in flat(out), out
     assert "alertmanager.yml" in flat(out)
@@ -30,10 +31,12 @@ def test_amtool_refusal_keeps_the_old_configuration(host, as_service):
 
 
 @pytest.mark.timeout(600)
-def test_broken_receiver_variable_stops_before_anything_is_written(host, as_service):
+def test_broken_receiver_variable_stops_before_anything_is_written(
+    host, alertmanager_role, as_service
+):
     before = host.file(CONFIG).sha256sum
     started = _started_at(as_service)
-    rc, out = run_alertmanager_role({"alertmanager_webhook_url": "ntfy.example.org/no-scheme"})
+    rc, out = alertmanager_role({"alertmanager_webhook_url": "ntfy.example.org/no-scheme"})
     assert rc != 0, out
     assert "alertmanager_webhook_url must be an http:// or https:// URL" in flat(out), out
     assert "no-scheme" not in out  # the value (it may hold a token) is never printed
@@ -43,9 +46,9 @@ def test_broken_receiver_variable_stops_before_anything_is_written(host, as_serv
 
 
 @pytest.mark.timeout(1200)
-def test_no_receiver_is_said_loudly_and_fires_no_alert_receiver(host, promql):
+def test_no_receiver_is_said_loudly_and_fires_no_alert_receiver(host, alertmanager_role, promql):
     try:
-        rc, out = run_alertmanager_role({"alertmanager_webhook_url": ""})
+        rc, out = alertmanager_role({"alertmanager_webhook_url": ""})
         assert rc == 0, out
         assert "NO ALERT RECEIVER" in out
         assert "webhook_configs" not in host.file(CONFIG).content_string
@@ -56,7 +59,7 @@ def test_no_receiver_is_said_loudly_and_fires_no_alert_receiver(host, promql):
 
         assert wait_for(firing, 120, 5), promql("alertmanager_integrations")
     finally:
-        rc, out = run_alertmanager_role({})
+        rc, out = alertmanager_role({})
     assert rc == 0, out
     assert "NO ALERT RECEIVER" not in out
 

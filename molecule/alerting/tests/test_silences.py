@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import wait_for
+from alert_notifications import wait_for
 
 
 def test_silence_survives_a_restart(amtool, as_service):
