@@ -1,13 +1,12 @@
 """nftables from the host side of the veth: only 22, 80 and 443 answer; SSH is rate-limited."""
 
-import asyncio
-import contextlib
 import random
 import socket
 import subprocess
 import time
 
 import pytest
+from port_scan import scan
 
 TABLE = "appliance_filter"
 OPEN_PORTS = {22, 80, 443}
@@ -16,32 +15,6 @@ SAMPLE_HIGH = sorted(
     {2222, 3000, 5000, 5432, 6379, 8000, 8080, 8443, 9090, 9100, 10250, 51820, 65535}
     | set(random.Random(20).sample(range(1025, 65536), 150))  # noqa: S311 (a fixed sample)
 )
-TIMEOUT = 2.0
-
-
-async def _probe(address: str, port: int, limit: asyncio.Semaphore, source: str | None = None):
-    async with limit:
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(address, port, local_addr=(source, 0) if source else None),
-                TIMEOUT,
-            )
-        except ConnectionRefusedError:
-            return port, "closed"  # a RST: the firewall let the SYN through
-        except TimeoutError:
-            return port, "filtered"  # dropped: no answer at all
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return port, "open"
-
-
-def scan(address: str, ports: list[int]) -> dict[int, str]:
-    async def run():
-        limit = asyncio.Semaphore(256)
-        return dict(await asyncio.gather(*(_probe(address, p, limit) for p in ports)))
-
-    return asyncio.run(run())
 
 
 def test_ruleset_is_loaded_in_its_own_table(host):
