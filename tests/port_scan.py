@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
 
 TIMEOUT = 2.0
 
@@ -50,3 +51,15 @@ def udp_probe(address: str, port: int, payload: bytes = b"probe") -> str:
         except TimeoutError:
             return "silent"
         return "answered"
+
+
+def host_interface(address: str) -> str:
+    """The controller's interface toward a test machine's ADDRESS: the one holding the host side
+    (.1) of its /24."""
+    host_ip = f"{address.rsplit('.', 1)[0]}.1"
+    links = subprocess.run(
+        ["ip", "-o", "-4", "addr", "show", "to", f"{host_ip}/32"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert links, f"no host interface has {host_ip}"
+    return links[1]

@@ -13,7 +13,7 @@ import subprocess
 import time
 
 import pytest
-from port_scan import scan, udp_probe
+from port_scan import host_interface, scan, udp_probe
 
 OPEN_PORTS = {22, 80, 443}
 LIVE_PORT = 40007  # the test's own listener, TCP and UDP, on [::] (IPv4 too)
@@ -70,13 +70,7 @@ def address(host) -> str:
 @pytest.fixture(scope="module")
 def ipv6(host, address):
     """A ULA address on each side of the veth (the test platform gives the machine none)."""
-    prefix = address.rsplit(".", 1)[0]
-    links = subprocess.run(
-        ["ip", "-o", "-4", "addr", "show", "to", f"{prefix}.1/32"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    assert links, f"no host interface has {prefix}.1"
-    interface = links[1]
+    interface = host_interface(address)
     net = ipaddress.IPv6Network(f"fd42:213:{int(address.split('.')[2]):x}::/64")
     machine, controller = str(net[2]), str(net[1])
     host.check_output(f"ip -6 addr add {machine}/64 dev host0 nodad")

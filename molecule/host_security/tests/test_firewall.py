@@ -6,7 +6,7 @@ import subprocess
 import time
 
 import pytest
-from port_scan import scan
+from port_scan import host_interface, scan
 
 TABLE = "appliance_filter"
 OPEN_PORTS = {22, 80, 443}
@@ -71,15 +71,8 @@ def second_source(host, address):
     """A second address on the host's veth, so the SSH rate limit cannot hit the test's own SSH."""
     # Start from a fresh per-source budget, whatever earlier runs did.
     host.check_output(f"sudo nft flush set inet {TABLE} ssh_rate_v4")
-    prefix = address.rsplit(".", 1)[0]
-    host_ip = f"{prefix}.1"
-    links = subprocess.run(
-        ["ip", "-o", "-4", "addr", "show", "to", f"{host_ip}/32"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    assert links, f"no host interface has {host_ip}"
-    interface = links[1]
-    source = f"{prefix}.77"
+    interface = host_interface(address)
+    source = f"{address.rsplit('.', 1)[0]}.77"
     subprocess.run(["ip", "addr", "add", f"{source}/32", "dev", interface], check=True)
     try:
         yield source
