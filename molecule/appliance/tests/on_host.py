@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import shlex
 
+# Prefix of a command run as the rootless service account with its user manager's environment.
+AS_SERVICE = "cd / && runuser -u appliance -- env XDG_RUNTIME_DIR=/run/user/$(id -u appliance) "
+
 # argv: method, path, JSON body (may be empty); prints the response's status code.
 _API_STATUS = r"""
 import socket, ssl, sys

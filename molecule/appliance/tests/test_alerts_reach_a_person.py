@@ -10,9 +10,8 @@ import time
 
 import pytest
 from alert_notifications import TIMINGS, alert_posts, sink_posts, wait_for
-from on_host import api_status_on_host
+from on_host import AS_SERVICE, api_status_on_host
 
-AS_SERVICE = "cd / && runuser -u appliance -- env XDG_RUNTIME_DIR=/run/user/$(id -u appliance) "
 PROMQL = AS_SERVICE + "podman exec prometheus promtool query instant http://localhost:9090 "
 
 

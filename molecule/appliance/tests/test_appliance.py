@@ -10,10 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from on_host import api_status_on_host
+from on_host import AS_SERVICE, api_status_on_host
 
 REPO = Path(__file__).resolve().parents[3]
-AS_SERVICE = "cd / && runuser -u appliance -- env XDG_RUNTIME_DIR=/run/user/$(id -u appliance) "
 
 
 def test_every_unit_active(host):

@@ -13,7 +13,6 @@ import time
 import pytest
 from on_host import api_status_on_host
 
-AS_SERVICE = "cd / && runuser -u appliance -- env XDG_RUNTIME_DIR=/run/user/$(id -u appliance) "
 AUDIT = "/var/log/appliance/ml-api/audit.log"
 ACCESS = "/var/log/appliance/traefik/access.log"
 

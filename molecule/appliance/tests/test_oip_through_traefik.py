@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shlex
 
-AS_SERVICE = "cd / && runuser -u appliance -- env XDG_RUNTIME_DIR=/run/user/$(id -u appliance) "
+from on_host import AS_SERVICE
 
 # Runs in the container: a token, then v2 infer over REST and ModelInfer over gRPC.
 CLIENT = r"""
