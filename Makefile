@@ -76,7 +76,7 @@ grpc-stubs:
 # The serving benchmark of issue 19 (needs wrk, redis-server and two CPUs); each run's figures go
 # to artifacts/bench/ and are compared with the previous run. BENCH_ARGS="--soak 60" adds the
 # 60 s run at c=32 whose slowest request is reported.
-bench: venv
+bench: deps
 	python benchmarks/service/bench_serving.py $(BENCH_ARGS)
 
 # Every step runs even when an earlier one fails (one run shows every failure); the time and
