@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import io
 import logging
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import joblib
 import numpy as np
 import numpy.typing as npt
 
+from . import conversion
 from .artifact import R_BAD_METADATA, R_LOAD_FAILED, VerifiedArtifact
 from .errors import ModelIntegrityError
-from .fast_forest import FastForest, UnsupportedModel
+from .fast_forest import FastForest
 
 log = logging.getLogger("ml_service.model")
 
 BACKEND_FAST = "numpy-forest"
 BACKEND_SKLEARN = "sklearn"
-EQUIVALENCE_TOLERANCE = 1e-6
-_SELF_CHECK_ROWS = 512
+Converter = Callable[[bytes, dict[str, Any]], conversion.Outcome]
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,6 +39,7 @@ class LoadedModel:
     backend: str
     key_id: str
     file_hashes: dict[str, str]
+    # Exactly one of the two is set: the worker holds no estimator when the fast path serves.
     estimator: Any = field(repr=False)
     _fast: FastForest | None = field(repr=False, default=None)
 
@@ -52,9 +51,8 @@ class LoadedModel:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected an array of shape (n, {self.n_features}), got {X.shape}")
-        if self._fast is not None and np.isfinite(X).all():
+        if self._fast is not None:
             return self._fast.predict_proba(X)
-        # scikit-learn defines what NaN does in a tree; only it may decide.
         result: npt.NDArray[np.float64] = np.asarray(
             self.estimator.predict_proba(X), dtype=np.float64
         )
@@ -82,8 +80,17 @@ class LoadedModel:
         }
 
 
-def build_loaded_model(artifact: VerifiedArtifact, allow_fast: bool = True) -> LoadedModel:
-    """Unpickle a *verified* artifact and pick the fastest equivalent backend."""
+def build_loaded_model(
+    artifact: VerifiedArtifact,
+    allow_fast: bool = True,
+    convert: Converter = conversion.convert_in_child,
+) -> LoadedModel:
+    """Pick the fastest backend equivalent to the *verified* artifact's estimator.
+
+    ``convert`` does the unpickling for the fast path (by default in a child process, so
+    scikit-learn never enters the worker); only a model without a fast path is unpickled
+    here.
+    """
     md = artifact.metadata
     version = artifact.version
     try:
@@ -93,34 +100,33 @@ def build_loaded_model(artifact: VerifiedArtifact, allow_fast: bool = True) -> L
             raise ValueError("metadata name/version differ from the manifest")
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelIntegrityError(version, R_BAD_METADATA, f"metadata.json: {exc}") from None
-    try:
-        # Safe only because the bytes were verified against a trusted signature.
-        estimator = joblib.load(io.BytesIO(artifact.model_bytes))
-    except Exception as exc:
-        raise ModelIntegrityError(version, R_LOAD_FAILED, f"unpickling failed: {exc}") from None
-    try:
-        if not hasattr(estimator, "predict_proba"):
-            raise ValueError(f"{type(estimator).__name__} has no predict_proba")
-        if int(estimator.n_features_in_) != len(feature_names):
-            raise ValueError("n_features_in_ differs from metadata feature_names")
-        if len(estimator.classes_) != len(class_names):
-            raise ValueError("classes_ differ in number from metadata class_names")
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise ModelIntegrityError(version, R_LOAD_FAILED, str(exc)) from None
-    if hasattr(estimator, "n_jobs"):
-        # Thread pools per request cost more than they save at these sizes.
-        estimator.n_jobs = None
 
     fast: FastForest | None = None
+    estimator: Any = None
     if allow_fast:
-        try:
-            fast = FastForest(estimator)
-        except UnsupportedModel as exc:
+        outcome = convert(artifact.model_bytes, md)
+        if outcome.status == conversion.INVALID:
+            raise ModelIntegrityError(version, R_LOAD_FAILED, outcome.detail)
+        fast = outcome.forest
+        if outcome.status == conversion.MISMATCH:
+            log.error("model %s/%s: %s; using scikit-learn", artifact.name, version, outcome.detail)
+        elif fast is None:
             log.info(
-                "model %s/%s: no fast path (%s), using scikit-learn", artifact.name, version, exc
+                "model %s/%s: no fast path (%s), using scikit-learn",
+                artifact.name,
+                version,
+                outcome.detail,
             )
-        else:
-            fast = _self_checked(fast, estimator, md, artifact.name, version)
+    if fast is None:
+        try:
+            # Safe only because the bytes were verified against a trusted signature.
+            estimator = conversion.unpickle_checked(
+                artifact.model_bytes, len(feature_names), len(class_names)
+            )
+        except ValueError as exc:
+            raise ModelIntegrityError(version, R_LOAD_FAILED, str(exc)) from None
+    elif fast.n_features != len(feature_names) or fast.n_classes != len(class_names):
+        raise ModelIntegrityError(version, R_LOAD_FAILED, "converted model differs in shape")
 
     return LoadedModel(
         name=artifact.name,
@@ -135,44 +141,3 @@ def build_loaded_model(artifact: VerifiedArtifact, allow_fast: bool = True) -> L
         estimator=estimator,
         _fast=fast,
     )
-
-
-def _self_checked(
-    fast: FastForest, estimator: Any, md: dict[str, Any], name: str, version: str
-) -> FastForest | None:
-    """Compare the fast path with scikit-learn on in-range rows; any mismatch disables it."""
-    rng = np.random.default_rng(0)
-    low, high = _feature_bounds(md, fast.n_features)
-    X = rng.uniform(low, high, size=(_SELF_CHECK_ROWS, fast.n_features))
-    expected = np.asarray(estimator.predict_proba(X), dtype=np.float64)
-    got = np.vstack([fast.predict_proba(X), fast.predict_proba(X[:1])])
-    expected = np.vstack([expected, expected[:1]])
-    diff = float(np.abs(expected - got).max())
-    if not diff <= EQUIVALENCE_TOLERANCE:
-        log.error(
-            "model %s/%s: fast path differs from scikit-learn by %g; using scikit-learn",
-            name,
-            version,
-            diff,
-        )
-        return None
-    return fast
-
-
-def _feature_bounds(md: dict[str, Any], n: int) -> tuple[list[float], list[float]]:
-    stats = md.get("feature_stats") or {}
-    low, high = [], []
-    for f in md.get("feature_names", [])[:n]:
-        s = stats.get(f, {})
-        lo, hi = s.get("min"), s.get("max")
-        if not (isinstance(lo, int | float) and isinstance(hi, int | float)) or not (
-            math.isfinite(lo) and math.isfinite(hi) and lo <= hi
-        ):
-            lo, hi = -10.0, 10.0
-        span = (hi - lo) or 1.0
-        low.append(lo - 0.1 * span)
-        high.append(hi + 0.1 * span)
-    while len(low) < n:
-        low.append(-10.0)
-        high.append(10.0)
-    return low, high

@@ -19,7 +19,7 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
-from ml_service.model import ModelRegistry
+from ml_service.model import ModelRegistry, conversion
 from ml_service.model.artifact import canonical_json, write_artifact
 from ml_service.model.fast_forest import FastForest, UnsupportedModel
 from ml_service.model.signing import load_private_key
@@ -59,13 +59,13 @@ ESTIMATORS = {
 @pytest.mark.parametrize("kind", sorted(ESTIMATORS))
 def test_fast_forest_matches_sklearn(kind: str) -> None:
     model = ESTIMATORS[kind]().fit(IRIS_X, IRIS_Y)
-    assert_equivalent(model, FastForest(model).predict_proba)
+    assert_equivalent(model, FastForest.from_estimator(model).predict_proba)
 
 
 def test_string_labels_and_thresholds_at_ties() -> None:
     names = np.array(["setosa", "versicolor", "virginica"])[IRIS_Y]
     model = RandomForestClassifier(n_estimators=25, random_state=5).fit(IRIS_X, names)
-    fast = FastForest(model)
+    fast = FastForest.from_estimator(model)
     # Values exactly at split thresholds exercise the float32 "x <= t" rule.
     thresholds = np.unique(np.concatenate([e.tree_.threshold for e in model.estimators_]))
     thresholds = thresholds[thresholds > 0]
@@ -83,7 +83,11 @@ def test_string_labels_and_thresholds_at_ties() -> None:
 def test_unsupported_models_are_rejected_by_the_fast_path(estimator) -> None:
     estimator.fit(IRIS_X, IRIS_Y)
     with pytest.raises(UnsupportedModel):
-        FastForest(estimator)
+        FastForest.from_estimator(estimator)
+
+
+def _estimator_on_disk(model_dir: Path, version: str):
+    return joblib.load(model_dir / "iris" / version / "model.joblib")
 
 
 def test_registry_model_uses_fast_path_and_matches(
@@ -91,15 +95,28 @@ def test_registry_model_uses_fast_path_and_matches(
 ) -> None:
     model = ModelRegistry(model_dir, "iris", trusted_dir).load()
     assert model.backend == "numpy-forest"
-    assert_equivalent(model.estimator, model.predict_proba)
+    assert model.estimator is None  # the worker holds arrays, not the unpickled estimator
+    assert_equivalent(_estimator_on_disk(model_dir, model.version), model.predict_proba)
 
 
-def test_non_finite_rows_fall_back_to_sklearn(
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # sklearn's
+def test_nan_rows_match_sklearn_and_infinity_is_refused(
     model_dir: Path, trusted_dir: Path, versions: list[str]
 ) -> None:
     model = ModelRegistry(model_dir, "iris", trusted_dir).load()
-    X = np.array([[5.1, np.nan, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
-    np.testing.assert_array_equal(model.predict_proba(X), model.estimator.predict_proba(X))
+    reference = _estimator_on_disk(model_dir, model.version)
+    rng = np.random.default_rng(7)
+    X = random_in_range(2_000, seed=7)
+    X[rng.random(X.shape) < 0.3] = np.nan
+    X[:4] = np.nan  # rows that are all NaN
+    assert np.abs(model.predict_proba(X) - reference.predict_proba(X)).max() <= TOL
+    one = np.array([[5.1, np.nan, 1.4, 0.2]])
+    np.testing.assert_allclose(model.predict_proba(one), reference.predict_proba(one), atol=TOL)
+    for bad in ([[5.1, np.inf, 1.4, 0.2]], [[1e39, 3.0, 1.4, 0.2]]):
+        with pytest.raises(ValueError, match="infinity"):
+            reference.predict_proba(np.array(bad))
+        with pytest.raises(ValueError, match="infinity"):
+            model.predict_proba(np.array(bad))
 
 
 def _sign_custom_model(model_dir: Path, keys: SigningKeys, estimator, version: str) -> None:
@@ -128,13 +145,43 @@ def test_unsupported_model_type_serves_through_sklearn(
     np.testing.assert_array_equal(model.predict_proba(IRIS_X), estimator.predict_proba(IRIS_X))
 
 
-def test_self_check_disables_a_wrong_fast_path() -> None:
-    from ml_service.model.loaded import _self_checked
+MD = {"feature_names": ["a", "b", "c", "d"], "feature_stats": {}}
 
+
+def test_self_check_disables_a_wrong_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     model = RandomForestClassifier(n_estimators=10, random_state=0).fit(IRIS_X, IRIS_Y)
-    broken = FastForest(model)
-    broken.leaf_value = broken.leaf_value[:, ::-1].copy()  # classes in the wrong order
-    md = {"feature_names": ["a", "b", "c", "d"], "feature_stats": {}}
-    assert _self_checked(broken, model, md, "iris", "v") is None
-    good = FastForest(model)
-    assert _self_checked(good, model, md, "iris", "v") is good
+    good = conversion.checked_forest(model, MD)
+    assert good.status == conversion.FAST and good.forest is not None
+    arrays = good.forest.to_arrays()
+    arrays["leaf_value"] = arrays["leaf_value"][:, ::-1]  # classes in the wrong order
+    monkeypatch.setattr(FastForest, "from_estimator", lambda *_: FastForest(arrays))
+    broken = conversion.checked_forest(model, MD)
+    assert broken.status == conversion.MISMATCH and broken.forest is None
+
+
+def test_self_check_finds_a_wrong_nan_direction(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = RandomForestClassifier(n_estimators=10, random_state=0).fit(IRIS_X, IRIS_Y)
+    arrays = FastForest.from_estimator(model).to_arrays()
+    arrays["missing_left"] = ~arrays["missing_left"]
+    monkeypatch.setattr(FastForest, "from_estimator", lambda *_: FastForest(arrays))
+    assert conversion.checked_forest(model, MD).status == conversion.MISMATCH
+
+
+def test_a_model_that_refuses_nan_gets_a_fast_path_that_refuses_it() -> None:
+    model = RandomForestClassifier(n_estimators=10, random_state=0).fit(IRIS_X, IRIS_Y)
+    sklearn_proba = model.predict_proba
+
+    def refusing(X):
+        if np.isnan(X).any():
+            raise ValueError("Input X contains NaN.")
+        return sklearn_proba(X)
+
+    model.predict_proba = refusing  # the type stays RandomForestClassifier
+    outcome = conversion.checked_forest(model, MD)
+    assert outcome.status == conversion.FAST and outcome.forest is not None
+    assert not outcome.forest.accepts_nan
+    with pytest.raises(ValueError, match="NaN"):
+        outcome.forest.predict_proba(np.array([[5.1, np.nan, 1.4, 0.2]]))
+    np.testing.assert_allclose(
+        outcome.forest.predict_proba(IRIS_X), sklearn_proba(IRIS_X), atol=TOL
+    )

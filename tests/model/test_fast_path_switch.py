@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pytest
 
@@ -25,4 +26,5 @@ def test_env_switch(
     model = ModelRegistry(model_dir, "iris", trusted_dir).load()
     assert model.backend == backend
     X = np.array([[5.9, 3.0, 5.1, 1.8]])
-    np.testing.assert_allclose(model.predict_proba(X), model.estimator.predict_proba(X), atol=1e-6)
+    reference = joblib.load(model_dir / "iris" / model.version / "model.joblib")
+    np.testing.assert_allclose(model.predict_proba(X), reference.predict_proba(X), atol=1e-6)
