@@ -99,6 +99,23 @@ def test_no_api_process_runs_as_host_root(host):
         assert owner == USER
 
 
+def test_workers_serve_arrays_without_scikit_learn(host):
+    # The model is converted in a short-lived child; the processes that stay never map a
+    # scikit-learn library, and each stays under the 150 MiB of issue 19.
+    status, text = call(host, "/model/info", **bearer(token(host, "victor")))
+    assert status == 200 and json.loads(text)["backend"] == "numpy-forest", text
+    pids = as_user(host, "podman top ml-api hpid").stdout.split()[1:]
+    assert len(pids) >= 2, pids  # uvicorn's supervisor and its workers
+    for pid in pids:
+        maps = host.check_output(f"cat /proc/{pid}/maps")
+        assert "/sklearn/" not in maps and "/scipy/" not in maps, pid
+        rss_kib = int(host.check_output(f"awk '/^VmRSS/ {{print $2}}' /proc/{pid}/status"))
+        assert rss_kib < 150 * 1024, (pid, rss_kib)
+    logs = as_user(host, "podman logs ml-api")
+    assert logs.rc == 0 and "model" in logs.stdout + logs.stderr, logs.stderr
+    assert "child process failed" not in logs.stdout + logs.stderr
+
+
 def test_secrets_are_root_only_on_the_host(host):
     for name in ("ml-api-jwt.key", "model-signing-bootstrap.key", "ml-api-users/admin"):
         f = host.file(f"{SECRETS}/{name}")
