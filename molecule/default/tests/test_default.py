@@ -1,8 +1,7 @@
 """Checks that the nspawn test machine is a usable Debian 13 host for the appliance's roles."""
 
-import subprocess
-
 import pytest
+from ssh_login import ssh
 
 PROOF_USER = "hello"
 
@@ -25,23 +24,12 @@ def test_machine_is_an_nspawn_container(host):
 def test_ssh_login_with_the_platform_key(host):
     """A fresh SSH login from the host, independent of the connection testinfra reuses."""
     hostvars = host.ansible.get_variables()
-    result = subprocess.run(
-        [
-            "ssh",
-            "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "IdentitiesOnly=yes",
-            "-o", "ControlPath=none",
-            "-i", hostvars["ansible_private_key_file"],
-            f"{hostvars['ansible_user']}@{hostvars['ansible_host']}",
-            "id -un && sudo -n id -un",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )  # fmt: skip
+    result = ssh(
+        hostvars["ansible_host"],
+        hostvars["ansible_user"],
+        hostvars["ansible_private_key_file"],
+        "id -un && sudo -n id -un",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["molecule", "root"]
 

@@ -29,6 +29,7 @@ def test_ruleset_file_passes_nft_check(host):
     assert host.run("sudo nft -c -f /etc/nftables.conf").rc == 0
 
 
+@pytest.mark.usefixtures("fresh_ssh_budget")
 def test_tcp_scan_only_ssh_http_https_answer(host, address):
     ports = list(range(1, 1025)) + SAMPLE_HIGH
     result = scan(address, ports)

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN_USER, ssh
+from conftest import ADMIN_USER
+from ssh_login import ssh
 
 EXPECTED = {
     "permitrootlogin": "no",
@@ -29,7 +30,7 @@ EXPECTED = {
     # The scenario opens a local tunnel to code-server's port only.
     "allowtcpforwarding": "local",
     "permitopen": "127.0.0.1:8443",
-    "allowusers": "opsadmin molecule",
+    "allowusers": "opsadmin alice molecule",
     "kexalgorithms": (
         "mlkem768x25519-sha256,sntrup761x25519-sha512,sntrup761x25519-sha512@openssh.com"
     ),
