@@ -115,7 +115,7 @@ ruff:
 	ruff format --check $(PY_DIRS)
 
 shellcheck:
-	shellcheck -x $(wildcard scripts/*.sh) .ci/run
+	shellcheck -x $(wildcard scripts/*.sh molecule/shared/*.sh) .ci/run
 
 syntax:
 	@for pb in $(PLAYBOOKS); do \
