@@ -154,7 +154,9 @@ def test_every_router_is_https_only(rendered: dict[str, Path], variant: str) -> 
     routers = _merged_http(rendered[variant])["routers"]
     assert set(routers) == {"api", "api-token", "api-grpc", "dev", "metrics", "alertmanager"}
     for name, router in routers.items():
-        assert router.get("entryPoints") == ["websecure"], name
+        # The API's routers also serve the IDE's entrypoint (HTTPS too); no other router does.
+        wanted = ["websecure", "ide"] if name.startswith("api") else ["websecure"]
+        assert router.get("entryPoints") == wanted, name
         assert isinstance(router.get("tls"), dict), f"router {name} has no tls section"
         if variant.startswith("acme"):
             assert router["tls"].get("certResolver") == "acme", name
@@ -262,11 +264,25 @@ def test_http_redirects_to_https_and_metrics_stay_internal(
     assert static["accessLog"]["format"] == "json"
     assert static["accessLog"]["fields"]["headers"]["defaultMode"] == "drop"
     assert "api" not in static, "the dashboard/API must stay off"
-    unit = (rendered[variant] / "traefik.container").read_text(encoding="utf-8")
-    published = [line for line in unit.splitlines() if line.startswith("PublishPort=")]
-    assert published == ["PublishPort=80:80", "PublishPort=443:443"]
-    metrics_port = entry_points["metrics"]["address"].lstrip(":")
-    assert all(metrics_port not in line for line in published)
+    unit = (rendered[variant] / "traefik.container").read_text(encoding="utf-8").splitlines()
+    # Nothing published: clients come through systemd's sockets (their real address kept).
+    assert not [line for line in unit if line.startswith("PublishPort=")]
+    sockets = "traefik-web.socket traefik-websecure.socket"
+    for wanted in (f"Requires={sockets}", f"After={sockets}", f"Sockets={sockets}"):
+        assert wanted in unit, f"{wanted} missing from traefik.container"
+    # The internal entrypoints listen on one network each, never on every address.
+    assert entry_points["metrics"]["address"] == "10.89.12.2:8082"
+    assert entry_points["ide"]["address"] == "10.89.11.2:443"
+    assert entry_points["ide"]["http"]["tls"]
+    networks = [line for line in unit if line.startswith("Network=")]
+    expected = [
+        "Network=edge-api.network:ip=10.89.10.2",
+        "Network=edge-ide.network:ip=10.89.11.2,alias=api.localhost",
+        "Network=edge-metrics.network:ip=10.89.12.2",
+    ]
+    if variant.startswith("acme"):
+        expected.append("Network=egress-traefik.network")
+    assert networks == expected
     if variant.startswith("acme"):
         resolver = static["certificatesResolvers"]["acme"]["acme"]
         assert resolver["email"] == "ops@example.org"

@@ -15,7 +15,7 @@ def test_grpc_calls_to_the_api_host_go_to_the_h2c_listener(rendered: dict[str, P
     )
     # Traefik's default priority is the rule's length: gRPC wins over the plain API route.
     assert len(router["rule"]) > len(http["routers"]["api"]["rule"])
-    assert router["entryPoints"] == ["websecure"] and router["tls"]
+    assert router["entryPoints"] == ["websecure", "ide"] and router["tls"]
     service = http["services"][router["service"]]["loadBalancer"]
     assert service["servers"] == [{"url": "h2c://ml-api:8001"}]
     # Probed over HTTP on the REST port: the gRPC server has no HTTP/1 readiness path.

@@ -17,8 +17,13 @@ USER_UNITS = (
     "prometheus.service",
     "code-server.service",
     "ml-api.service",
-    "frontend-network.service",
-    "backend-network.service",
+    "edge-api-network.service",
+    "edge-ide-network.service",
+    "edge-metrics-network.service",
+    "api-redis-network.service",
+    "scrape-api-network.service",
+    "traefik-web.socket",
+    "traefik-websecure.socket",
     "appliance-image-refresh.timer",
 )
 SYSTEM_UNITS = ("ssh.service", "nftables.service", "prometheus-node-exporter.service")

@@ -47,7 +47,7 @@ def test_user_manager_running(as_service):
     assert state == "running", f"user manager {state}; failed units:\n{failed}"
 
 
-UNITS = ("frontend-network", "backend-network", "redis", "prometheus")
+UNITS = ("api-redis-network", "edge-metrics-network", "redis", "prometheus")
 
 
 @pytest.mark.parametrize("unit", [f"{name}.service" for name in UNITS])
@@ -64,9 +64,15 @@ def test_unit_restarts_and_starts_at_boot(as_service, name):
     assert "default.target" in props["WantedBy"].split()
 
 
-def test_backend_is_internal_frontend_is_not(podman_inspect):
-    assert podman_inspect("backend", "{{.Internal}}") == "true"
-    assert podman_inspect("frontend", "{{.Internal}}") == "false"
+INTERNAL = ("edge-api", "edge-ide", "edge-metrics", "api-redis", "scrape-api")
+EGRESS = ("egress-prometheus", "egress-alertmanager", "egress-traefik")
+
+
+@pytest.mark.parametrize("network", INTERNAL + EGRESS)
+def test_only_egress_networks_route_out_and_all_are_isolated(podman_inspect, network):
+    internal = "true" if network in INTERNAL else "false"
+    assert podman_inspect(network, "{{.Internal}}") == internal
+    assert podman_inspect(network, "{{index .Options \"isolate\"}}") == "true"
 
 
 def _in_container(network: str, script: str) -> str:
@@ -84,13 +90,13 @@ ROUTES_AND_PROBE = (
 )
 
 
-def test_backend_has_no_egress_frontend_has(as_service):
-    """The same probe on both networks: frontend has a default route and reaches the host."""
-    frontend = as_service(_in_container("frontend", ROUTES_AND_PROBE))
-    backend = as_service(_in_container("backend", ROUTES_AND_PROBE))
-    assert frontend.stdout.split() == ["default-route", "open"], frontend.stdout + frontend.stderr
-    assert backend.stdout.split() == ["closed"], backend.stdout + backend.stderr
-    assert "Network is unreachable" in backend.stderr
+def test_internal_network_has_no_egress_egress_network_has(as_service):
+    """The same probe on both kinds: an egress network has a default route and reaches the host."""
+    egress = as_service(_in_container("egress-prometheus", ROUTES_AND_PROBE))
+    internal = as_service(_in_container("api-redis", ROUTES_AND_PROBE))
+    assert egress.stdout.split() == ["default-route", "open"], egress.stdout + egress.stderr
+    assert internal.stdout.split() == ["closed"], internal.stdout + internal.stderr
+    assert "Network is unreachable" in internal.stderr
 
 
 def _running_containers(as_service) -> list[str]:

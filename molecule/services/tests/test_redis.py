@@ -1,4 +1,4 @@
-"""Redis: ACL (default user off, least-privilege API user), backend only, durable denylist."""
+"""Redis: ACL (default user off, least-privilege API user), api-redis only, durable denylist."""
 
 from __future__ import annotations
 
@@ -96,33 +96,33 @@ def test_api_user_is_confined_to_its_key_prefix(redis_cli, password):
     )
 
 
-def test_redis_publishes_no_port_and_joins_only_backend(host, podman_inspect):
+def test_redis_publishes_no_port_and_joins_only_api_redis(host, podman_inspect):
     assert podman_inspect("redis", "{{json .HostConfig.PortBindings}}") in ("{}", "null")
     networks = podman_inspect(
         "redis", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}"
     )
-    assert networks.split() == ["backend"]
+    assert networks.split() == ["api-redis"]
     assert ":6379" not in host.check_output("ss -Hltn")
 
 
-def test_redis_unreachable_from_frontend(as_service, podman_inspect):
-    """A container on frontend can neither resolve nor connect to Redis."""
-    address = podman_inspect("redis", "{{.NetworkSettings.Networks.backend.IPAddress}}")
+def test_redis_unreachable_from_another_network(as_service, podman_inspect):
+    """A container on the IDE's network can neither resolve nor connect to Redis."""
+    address = podman_inspect("redis", '{{(index .NetworkSettings.Networks "api-redis").IPAddress}}')
     assert address
     probe = (
         "getent hosts redis && echo resolved; "
         f"timeout 5 bash -c 'exec 3<>/dev/tcp/{address}/6379' && echo connected; true"
     )
     outside = as_service(
-        f"podman run --rm --network=frontend --pull=never --cap-drop=all {BASE_IMAGE} "
+        f"podman run --rm --network=edge-ide --pull=never --cap-drop=all {BASE_IMAGE} "
         f"bash -c {shlex.quote(probe)}"
     )
     assert outside.rc == 0, outside.stderr
     assert "resolved" not in outside.stdout
     assert "connected" not in outside.stdout
-    # control: the same probe from backend reaches it, so the probe itself works
+    # control: the same probe from api-redis reaches it, so the probe itself works
     inside = as_service(
-        f"podman run --rm --network=backend --pull=never --cap-drop=all {BASE_IMAGE} "
+        f"podman run --rm --network=api-redis --pull=never --cap-drop=all {BASE_IMAGE} "
         f"bash -c {shlex.quote(probe)}"
     )
     assert "resolved" in inside.stdout and "connected" in inside.stdout, (
