@@ -1,7 +1,8 @@
 """Everything the service keeps in Redis, each operation one round trip.
 
 * rate limits (GCRA) and the revoked-token check in one Lua script per request;
-* login attempts per user name and per client IP (reserved before hashing);
+* login attempts per (user name, client address), per address and per name (reserved
+  before hashing), and the addresses known to be good for a name;
 * the ``jti`` denylist (sorted set scored by token expiry);
 * request id -> predicted classes for ``POST /feedback`` (any worker can take the feedback).
 
@@ -81,36 +82,105 @@ end
 return out
 """
 
-# One attempt reserved atomically before the password is hashed: refused (the wait in ms)
-# while either counter is at its limit, else counted at once. A burst can therefore not
-# pass the check before the first failures are counted. KEYS: per user name, per address.
+# The login throttle (docs/service.md). KEYS: [1] failures of the (name, address) pair,
+# [2] failures of the address (any names), [3] the name's failures from addresses not known
+# to be good for it (hash: n = count, t = ms when the next such attempt may start), [4] the
+# addresses known to be good for the name (sorted set: address -> ms until which it is).
+# Counters live one window from their first failure (fixed window).
+
+# One attempt reserved atomically before the password is hashed, so a burst cannot pass the
+# check before the first failures are counted. Refused (the wait in ms) while the pair or the
+# address is at its limit, or, from an address not known to be good for the name, while the
+# name's delay runs; else counted at once. Past ARGV[5] failures of the name, each one counted
+# from an unknown address delays the next such attempt by 1 s, 2 s, 4 s ... up to ARGV[6] ms.
+# ARGV: address, pair limit, address limit, window ms, delay after, delay max ms.
+# Reply: {wait ms (0: reserved), name counted (1/0), the name's t before, t set (0: none),
+# what refused: 1 pair, 2 address, 3 name delay (the longest wait)}.
 _LOGIN_RESERVE_LUA = """
-local u = tonumber(redis.call('GET', KEYS[1]) or '0')
-local i = tonumber(redis.call('GET', KEYS[2]) or '0')
-local wait = 0
-if u >= tonumber(ARGV[1]) then wait = math.max(wait, redis.call('PTTL', KEYS[1])) end
-if i >= tonumber(ARGV[2]) then wait = math.max(wait, redis.call('PTTL', KEYS[2])) end
-if wait ~= 0 then return math.max(wait, 1) end
-for _, k in ipairs(KEYS) do
-  if redis.call('INCR', k) == 1 then redis.call('PEXPIRE', k, ARGV[3]) end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local wait, why = 0, 0
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[2]) then
+  wait, why = math.max(redis.call('PTTL', KEYS[1]), 1), 1
 end
-return 0
+if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then
+  local w = math.max(redis.call('PTTL', KEYS[2]), 1)
+  if w > wait then wait, why = w, 2 end
+end
+local good = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[1]) or '0')
+local known = good > now
+local before = 0
+if not known then
+  before = tonumber(redis.call('HGET', KEYS[3], 't') or '0')
+  if before - now > wait then wait, why = before - now, 3 end
+end
+if wait > 0 then return {wait, 0, 0, 0, why} end
+for i = 1, 2 do
+  if redis.call('INCR', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+end
+if known then return {0, 0, 0, 0, 0} end
+local n = redis.call('HINCRBY', KEYS[3], 'n', 1)
+if n == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
+local past = n - tonumber(ARGV[5])
+local set = 0
+if past >= 0 then
+  local delay = tonumber(ARGV[6])
+  if past < 31 then delay = math.min(delay, 1000 * 2 ^ past) end
+  set = now + delay
+  redis.call('HSET', KEYS[3], 't', string.format('%d', set))
+end
+return {0, 1, before, set, 0}
 """
 
-# A successful login: the name's counter starts over, the address gets its attempt back.
-_LOGIN_REFUND_LUA = """
+# The name's share of a reservation given back (an attempt that was no failure): its count,
+# and its delay unless a later attempt has set a newer one. ARGV[2] = counted (1/0),
+# ARGV[3] = the name's t before, ARGV[4] = the t the reservation set ('0': none).
+_LOGIN_GIVE_BACK_NAME_LUA = """
+if ARGV[2] == '1' and tonumber(redis.call('HGET', KEYS[3], 'n') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[3], 'n', -1)
+  if ARGV[4] ~= '0' and redis.call('HGET', KEYS[3], 't') == ARGV[4] then
+    if ARGV[3] == '0' then redis.call('HDEL', KEYS[3], 't')
+    else redis.call('HSET', KEYS[3], 't', ARGV[3]) end
+  end
+end
+"""
+
+# A successful login: the pair's counter starts over, the address and the name get the
+# attempt back, and the address is known to be good for the name for ARGV[5] ms (at most
+# ARGV[6] addresses per name, the most recent ones). ARGV[1..4] as above.
+_LOGIN_REFUND_LUA = (
+    """
 redis.call('DEL', KEYS[1])
 if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
+"""
+    + _LOGIN_GIVE_BACK_NAME_LUA
+    + """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local keep = tonumber(ARGV[5])
+redis.call('ZADD', KEYS[4], string.format('%d', now + keep), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', string.format('%d', now))
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[6]) - 1)
+redis.call('PEXPIRE', KEYS[4], keep)
 return 1
 """
+)
 
-# An attempt reserved but never hashed (the hash queue was full): both counters get it back.
-_LOGIN_RELEASE_LUA = """
-for _, k in ipairs(KEYS) do
-  if tonumber(redis.call('GET', k) or '0') > 0 then redis.call('DECR', k) end
+# An attempt reserved but never hashed (the hash queue was full): every counter gets it back.
+_LOGIN_RELEASE_LUA = (
+    """
+for i = 1, 2 do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
 end
+"""
+    + _LOGIN_GIVE_BACK_NAME_LUA
+    + """
 return 1
 """
+)
+
+# Addresses kept as known good per name: the most recent ones (a bound on the set's size).
+_KNOWN_ADDRESSES_MAX = 64
 
 _REVOKE_LUA = """
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
@@ -163,6 +233,21 @@ async def _once_more_on_a_new_connection(call):  # type: ignore[no-untyped-def]
 
 class RedisUnavailable(Exception):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class LoginAttempt:
+    """One reserved login attempt (``wait_ms`` 0) or a refusal (the ms until one is allowed,
+    ``refused_by`` ``pair``, ``address`` or ``name``); the rest lets it be given back."""
+
+    wait_ms: int
+    refused_by: str = ""
+    name_counted: bool = False
+    name_delay_before: int = 0
+    name_delay_set: int = 0
+
+
+_REFUSED_BY = {0: "", 1: "pair", 2: "address", 3: "name"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,8 +311,11 @@ class RedisState:
         p = settings.key_prefix
         self._rl = f"{p}:rl:"
         self._revoked = f"{p}:revoked"
-        self._fail_user = f"{p}:loginfail:user:"
+        # loginfail:user:<name> (a string) was the per-name lockout: not reused for the hash.
+        self._fail_pair = f"{p}:loginfail:pair:"
         self._fail_ip = f"{p}:loginfail:ip:"
+        self._fail_name = f"{p}:loginfail:name:"
+        self._good = f"{p}:loginfail:good:"
         self._pred = f"{p}:pred:"
         self._authorize = self.client.register_script(_AUTHORIZE_LUA)
         self._login_reserve = self.client.register_script(_LOGIN_RESERVE_LUA)
@@ -374,29 +462,53 @@ class RedisState:
             self._hits.clear()
 
     def _login_keys(self, username: str, ip: str) -> list[str]:
-        return [self._fail_user + username, self._fail_ip + ip]
+        # A key with one variable part ends with it, so any characters are safe there; the
+        # pair's key has two: the name in hex (no ':'), then the address as it is.
+        return [
+            f"{self._fail_pair}{username.encode().hex()}:{ip}",
+            self._fail_ip + ip,
+            self._fail_name + username,
+            self._good + username,
+        ]
 
-    async def login_reserve(self, username: str, ip: str) -> int:
-        """Reserve one login attempt: 0 when reserved, else the ms until one is allowed."""
+    async def login_reserve(self, username: str, ip: str) -> LoginAttempt:
+        """Reserve one login attempt (``wait_ms`` 0), or say how long until one is allowed."""
         s = self._settings
-        return int(
-            await self._call(
-                lambda: self._login_reserve(
-                    keys=self._login_keys(username, ip),
-                    args=[
-                        s.login_max_failures_per_user,
-                        s.login_max_failures_per_ip,
-                        s.login_failure_window_seconds * 1000,
-                    ],
-                )
+        wait, counted, before, set_at, why = await self._call(
+            lambda: self._login_reserve(
+                keys=self._login_keys(username, ip),
+                args=[
+                    ip,
+                    s.login_max_failures_per_user,
+                    s.login_max_failures_per_ip,
+                    s.login_failure_window_seconds * 1000,
+                    s.login_name_delay_after,
+                    s.login_name_delay_max_seconds * 1000,
+                ],
             )
         )
+        return LoginAttempt(
+            int(wait), _REFUSED_BY[int(why)], int(counted) == 1, int(before), int(set_at)
+        )
 
-    async def login_succeeded(self, username: str, ip: str) -> None:
-        await self._call(lambda: self._login_refund(keys=self._login_keys(username, ip), args=[]))
+    def _give_back(self, ip: str, attempt: LoginAttempt) -> list[str | int]:
+        return [
+            ip,
+            int(attempt.name_counted),
+            attempt.name_delay_before,
+            attempt.name_delay_set,
+        ]
 
-    async def login_not_attempted(self, username: str, ip: str) -> None:
-        await self._call(lambda: self._login_release(keys=self._login_keys(username, ip), args=[]))
+    async def login_succeeded(self, username: str, ip: str, attempt: LoginAttempt) -> None:
+        keep_ms = self._settings.login_known_address_days * 86_400_000
+        args = [*self._give_back(ip, attempt), keep_ms, _KNOWN_ADDRESSES_MAX]
+        await self._call(lambda: self._login_refund(keys=self._login_keys(username, ip), args=args))
+
+    async def login_not_attempted(self, username: str, ip: str, attempt: LoginAttempt) -> None:
+        args = self._give_back(ip, attempt)
+        await self._call(
+            lambda: self._login_release(keys=self._login_keys(username, ip), args=args)
+        )
 
     async def revoke(self, jti: str, exp: int) -> None:
         await self._call(lambda: self._revoke(keys=[self._revoked], args=[jti, exp, time.time()]))

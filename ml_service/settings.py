@@ -9,13 +9,21 @@ problem, and ``python -m ml_service`` refuses to start with that message.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_CHARS = 32
@@ -82,7 +90,8 @@ class Settings(BaseSettings):
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     # The Open Inference Protocol over gRPC (h2c, on the same host); unset: no gRPC listener.
     grpc_port: Annotated[int, Field(ge=1, le=65535)] | None = None
-    # Addresses whose X-Forwarded-For is believed (Traefik); passed to uvicorn.
+    # Peers whose X-Forwarded-For is believed (Traefik): comma-separated addresses and CIDR
+    # networks (10.89.3.0/24), or "*"; uvicorn's rule, which the gRPC listener applies too.
     forwarded_allow_ips: str = "127.0.0.1"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Test suites only: name the answering worker (its pid) in X-Worker-Id, so a test can
@@ -104,9 +113,18 @@ class Settings(BaseSettings):
     access_token_ttl_seconds: Annotated[int, Field(ge=60, le=3600)] = 900
     jwt_leeway_seconds: Annotated[int, Field(ge=0, le=60)] = 10
     max_token_bytes: Annotated[int, Field(ge=512, le=16384)] = 4096
+    # Login throttle (see docs/service.md): failures per window of one user name from one
+    # client address, then that pair is refused; failures of any names from one address,
+    # then that address is refused; failures of one name from addresses not known to be good
+    # for it, after which each further attempt from such an address waits 1 s, 2 s, 4 s ...
+    # up to the maximum. Known good: a successful login of the name from the address within
+    # login_known_address_days.
     login_max_failures_per_user: Annotated[int, Field(ge=1, le=1000)] = 5
     login_max_failures_per_ip: Annotated[int, Field(ge=1, le=100_000)] = 50
     login_failure_window_seconds: Annotated[int, Field(ge=10, le=86_400)] = 900
+    login_name_delay_after: Annotated[int, Field(ge=1, le=100_000)] = 10
+    login_name_delay_max_seconds: Annotated[int, Field(ge=1, le=3600)] = 30
+    login_known_address_days: Annotated[int, Field(ge=1, le=365)] = 30
     # Logins waiting for one of a worker's 4 password hashes; beyond that: 503 at once.
     login_hash_queue: Annotated[int, Field(ge=0, le=1000)] = 16
     argon2_time_cost: Annotated[int, Field(ge=2, le=20)] = 3
@@ -139,6 +157,27 @@ class Settings(BaseSettings):
     # Metrics and audit
     metrics_token_file: Path | None = None
     audit_log: Path
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses_or_networks(cls, value: str) -> str:
+        # uvicorn would take anything else as a literal that no client address ever equals
+        # (10.89.3.1/24 is no network): every client would look like the proxy. Refused here.
+        items = [item.strip() for item in value.split(",")]
+        if items == ["*"] or items == [""]:
+            return items[0]  # every peer, or none (no proxy in front)
+        for item in items:
+            try:
+                if "/" in item:
+                    ipaddress.ip_network(item)
+                else:
+                    ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is neither an IP address nor a network like 10.89.3.0/24 "
+                    "(no host bits; '*' only alone)"
+                ) from None
+        return ",".join(items)
 
     @model_validator(mode="after")
     def _four_ranges(self) -> Settings:

@@ -89,40 +89,72 @@ def _peer_address(peer: str) -> str | None:
     return None
 
 
+def _host_of(hop: str) -> str:
+    """The host of one X-Forwarded-For entry: a bare address, ``1.2.3.4:port`` or
+    ``[v6]:port``; anything else as it is (nothing is normalised into trust)."""
+    if hop.startswith("["):
+        end = hop.find("]")
+        if end == -1:
+            return hop
+        rest = hop[end + 1 :]
+        return hop[1:end] if not rest or rest.startswith(":") else hop
+    if hop.count(":") == 1:
+        host, port = hop.rsplit(":", 1)
+        try:
+            int(port)
+        except ValueError:
+            return hop
+        return host
+    return hop
+
+
 class _Proxies:
-    """Whose ``x-forwarded-for`` is believed: uvicorn's rule for ``forwarded_allow_ips``."""
+    """Whose ``x-forwarded-for`` is believed and which hop is the client: the rule uvicorn
+    applies to ``forwarded_allow_ips`` for HTTP (``uvicorn.middleware.proxy_headers`` of the
+    pinned uvicorn), so both listeners see the same client address. Entries are addresses,
+    CIDR networks (``10.89.3.0/24``; an address with host bits set before the ``/`` is no
+    network and matches nothing, as in uvicorn) or ``*`` alone for every peer."""
 
     def __init__(self, allowed: str) -> None:
-        items = [a.strip() for a in allowed.split(",") if a.strip()]
-        self.everyone = "*" in items
-        self.networks = []
-        for item in items:
-            if item != "*":
-                try:
-                    self.networks.append(ipaddress.ip_network(item, strict=False))
-                except ValueError:
-                    log.warning("forwarded_allow_ips: %r is not an address; ignored", item)
+        self.everyone = allowed.strip() == "*"
+        self.hosts: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+        self.networks: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
+        self.literals: set[str] = set()
+        if self.everyone:
+            return
+        for item in (a.strip() for a in allowed.split(",")):
+            try:
+                if "/" in item:
+                    self.networks.add(ipaddress.ip_network(item))
+                else:
+                    self.hosts.add(ipaddress.ip_address(item))
+            except ValueError:
+                self.literals.add(item)
 
     def trusted(self, address: str | None) -> bool:
-        if address is None:
-            return False
         if self.everyone:
             return True
+        if not address:
+            return False
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
-            return False
-        return any(ip in net for net in self.networks)
+            return address in self.literals
+        return ip in self.hosts or any(ip in net for net in self.networks)
 
     def client(self, peer: str | None, forwarded: str | None) -> str | None:
         if not forwarded or not self.trusted(peer):
             return peer
-        # The nearest hop that is not a trusted proxy is the client.
-        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        hops = [h.strip() for h in forwarded.split(",")]
+        if self.everyone:
+            return _host_of(hops[0]) or peer
+        # Each proxy appends its peer: the nearest hop that is not a trusted proxy is the
+        # client; when every hop is trusted, the first one.
         for hop in reversed(hops):
-            if not self.trusted(hop):
-                return hop
-        return hops[0] if hops else peer
+            host = _host_of(hop)
+            if not self.trusted(host):
+                return host or peer
+        return _host_of(hops[0]) or peer
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -145,8 +177,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         info = RequestInfo(uuid.uuid4().hex)
         token = request_id_var.set(info.request_id)
         route = f"/{SERVICE}/{rpc}"
-        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        client = self.proxies.client(_peer_address(context.peer()), metadata.get("x-forwarded-for"))
+        pairs = [(k, v) for k, v in context.invocation_metadata() or () if isinstance(v, str)]
+        metadata = dict(pairs)
+        # Every x-forwarded-for entry, in order (uvicorn joins repeated headers the same way).
+        forwarded = ", ".join(v for k, v in pairs if k == "x-forwarded-for")
+        client = self.proxies.client(_peer_address(context.peer()), forwarded)
         status = 500
         try:
             if guard is not None:

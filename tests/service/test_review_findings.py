@@ -36,7 +36,7 @@ from ml_service.users import set_password
 PREFIX = "review"
 PASSWORD = "review user password 1"
 BURST = 50
-PER_USER = 5  # ML_SERVICE_LOGIN_MAX_FAILURES_PER_USER (default)
+PER_PAIR = 5  # ML_SERVICE_LOGIN_MAX_FAILURES_PER_USER (default): per name from one address
 
 
 @pytest.fixture(scope="module")
@@ -98,28 +98,39 @@ def test_login_burst_is_counted_before_any_hash(review: Server) -> None:
     hashes_before = sample(scrape(review), "ml_api_login_hashes_total")
     logins = [("burst-victim", f"wrong guess {i}") for i in range(BURST)]
     statuses = Counter(r.status_code for r in asyncio.run(_burst(review.url, logins)))
-    assert statuses[401] <= PER_USER and statuses[401] + statuses[429] == BURST, statuses
-    assert statuses[429] >= BURST - PER_USER, statuses
-    counted = review.deployment.redis.cli("GET", f"{PREFIX}:loginfail:user:burst-victim")
-    assert int(counted) == statuses[401]
+    assert statuses[401] <= PER_PAIR and statuses[401] + statuses[429] == BURST, statuses
+    assert statuses[429] >= BURST - PER_PAIR, statuses
+    # All from 127.0.0.1: one (name, address) pair, whose key carries the name in hex.
+    pair = f"{PREFIX}:loginfail:pair:{b'burst-victim'.hex()}:127.0.0.1"
+    assert int(review.deployment.redis.cli("GET", pair)) == statuses[401]
+    # The name's count across addresses (for its delay) saw the same failures, no more.
+    name = f"{PREFIX}:loginfail:name:burst-victim"
+    assert int(review.deployment.redis.cli("HGET", name, "n")) == statuses[401]
     # Only the reserved attempts were hashed: every 429 was answered without argon2.
     hashes = sample(scrape(review), "ml_api_login_hashes_total") - hashes_before
     assert hashes == statuses[401], (hashes, statuses)
 
 
 def test_full_hash_queue_answers_503_at_once_and_refunds(review: Server) -> None:
+    redis = review.deployment.redis
     ip_key = f"{PREFIX}:loginfail:ip:127.0.0.1"
-    before = int(review.deployment.redis.cli("GET", ip_key).strip() or 0)
-    # Distinct unknown names: no per-user limit in the way; 2 workers x (4 + 1) fit at once.
+    before = int(redis.cli("GET", ip_key).strip() or 0)
+    # Distinct unknown names: no per-name limit in the way; 2 workers x (4 + 1) fit at once.
     logins = [(f"nobody-{i}", "some password 123") for i in range(30)]
     responses = asyncio.run(_burst(review.url, logins))
     statuses = Counter(r.status_code for r in responses)
     assert set(statuses) <= {401, 503} and statuses[503] >= 1, statuses
     busy = next(r for r in responses if r.status_code == 503)
     assert busy.headers["retry-after"] == "1" and busy.json()["error"]["code"] == "unavailable"
-    # A login refused by the full queue was never attempted: the address gets it back.
-    after = int(review.deployment.redis.cli("GET", ip_key).strip() or 0)
+    # A login refused by the full queue was never attempted: every counter gets it back, the
+    # address's, the pair's and the name's; a failed one stays counted in all three.
+    after = int(redis.cli("GET", ip_key).strip() or 0)
     assert after - before == statuses[401], (before, after, statuses)
+    for (name, _), r in zip(logins, responses, strict=True):
+        pair = redis.cli("GET", f"{PREFIX}:loginfail:pair:{name.encode().hex()}:127.0.0.1")
+        counted = redis.cli("HGET", f"{PREFIX}:loginfail:name:{name}", "n")
+        expected = "1" if r.status_code == 401 else "0"
+        assert (pair.strip() or "0", counted.strip() or "0") == (expected, expected), (name, r)
 
 
 # ----- 2. password and role changes take effect with the next login and request

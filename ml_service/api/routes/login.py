@@ -22,6 +22,11 @@ router = APIRouter(tags=["auth"])
 
 _UNAVAILABLE = "the token service is temporarily unavailable"
 _BUSY = "too many logins in progress; try again in a moment"
+_THROTTLED_BY = {
+    "pair": "this name from this address",
+    "address": "this address",
+    "name": "delay for this name",
+}
 
 
 @router.post(
@@ -46,26 +51,27 @@ async def token(
         raise ApiError(503, _UNAVAILABLE, headers={"Retry-After": "5"})
     try:
         # Reserved (counted) before hashing: a burst cannot pass the check all at once.
-        wait_ms = await redis.login_reserve(username, ip)
-        if wait_ms > 0:
+        attempt = await redis.login_reserve(username, ip)
+        if attempt.wait_ms > 0:
             metrics.AUTH_FAILURES.labels("throttled").inc()
-            info.detail = "login throttled"
+            # For the audit log; the client gets the same answer whichever limit it was.
+            info.detail = f"login throttled ({_THROTTLED_BY[attempt.refused_by]})"
             raise ApiError(
                 429,
                 "too many failed logins; try again later",
-                headers={"Retry-After": str(max(1, -(-wait_ms // 1000)))},
+                headers={"Retry-After": str(max(1, -(-attempt.wait_ms // 1000)))},
             )
         try:
             user = await services.hashes.run(services.users.authenticate, username, password)
         except HashQueueFull:
-            await redis.login_not_attempted(username, ip)
+            await redis.login_not_attempted(username, ip, attempt)
             metrics.AUTH_FAILURES.labels("busy").inc()
             info.detail = "login queue full"
             raise ApiError(503, _BUSY, headers={"Retry-After": "1"}) from None
         if user is None:
             info.detail = "bad credentials"
             raise unauthorized("bad_credentials", "invalid user name or password")
-        await redis.login_succeeded(username, ip)
+        await redis.login_succeeded(username, ip, attempt)
     except RedisUnavailable:
         raise ApiError(503, _UNAVAILABLE, headers={"Retry-After": "5"}) from None
     access_token, claims = services.tokens.issue(user.name, user.role, user.token_generation)
