@@ -72,7 +72,7 @@ EGRESS = ("egress-prometheus", "egress-alertmanager", "egress-traefik")
 def test_only_egress_networks_route_out_and_all_are_isolated(podman_inspect, network):
     internal = "true" if network in INTERNAL else "false"
     assert podman_inspect(network, "{{.Internal}}") == internal
-    assert podman_inspect(network, "{{index .Options \"isolate\"}}") == "true"
+    assert podman_inspect(network, '{{index .Options "isolate"}}') == "true"
 
 
 def _in_container(network: str, script: str) -> str:
