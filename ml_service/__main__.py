@@ -50,6 +50,7 @@ def cmd_serve(_: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from .draining_http import DrainingHttpToolsProtocol
     from .logs import log_config, setup
 
     setup(settings.log_level)
@@ -65,7 +66,7 @@ def cmd_serve(_: argparse.Namespace) -> int:
         forwarded_allow_ips=settings.forwarded_allow_ips,
         server_header=False,
         loop="uvloop",
-        http="httptools",
+        http=DrainingHttpToolsProtocol,
         timeout_graceful_shutdown=10,
     )
     return 0

@@ -51,6 +51,7 @@ _ACTIONS = {
     "/admin/models": "models.list",
     "/admin/models/{version}/activate": "models.activate",
     "/admin/models/rollback": "models.rollback",
+    "/admin/models/import": "models.import",
     "/admin/users": "users.list",
 }
 _STATIC_HEADERS = [

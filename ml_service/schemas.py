@@ -183,6 +183,18 @@ class VersionList(BaseModel):
     versions: list[VersionInfo]
 
 
+class ImportedVersion(BaseModel):
+    version: str
+    status: Literal["imported", "present", "refused"]
+    reason: str | None = None
+    detail: str | None = None
+
+
+class ImportReport(BaseModel):
+    name: str
+    results: list[ImportedVersion]
+
+
 class UserInfo(BaseModel):
     name: str
     role: str

@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     model_dir: Path
     model_name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")] = "iris"
     trusted_keys_dir: Path
+    # The IDE's drop box (<dir>/<name>/<version>/), read-only here; unset: no import route.
+    dropbox_dir: Path | None = None
     model_refresh_seconds: Annotated[float, Field(ge=0.5, le=3600)] = 5.0
 
     # Users and tokens
@@ -282,6 +284,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     ):
         if not path.is_dir():
             problems.append(f"{variable}: {path} is not a directory")
+    if settings.dropbox_dir is not None and not settings.dropbox_dir.is_dir():
+        problems.append(f"ML_SERVICE_DROPBOX_DIR: {settings.dropbox_dir} is not a directory")
     if settings.jwt_verify_keys_dir is not None and not settings.jwt_verify_keys_dir.is_dir():
         problems.append(
             f"ML_SERVICE_JWT_VERIFY_KEYS_DIR: {settings.jwt_verify_keys_dir} is not a directory"

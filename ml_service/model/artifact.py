@@ -185,6 +185,9 @@ class VerifiedArtifact:
     manifest: dict[str, Any]
     metadata: dict[str, Any]
     files: dict[str, bytes] = field(repr=False)
+    # manifest.json and manifest.sig exactly as read: what an import copies, so the copy is
+    # the bytes that were verified, not a second read of a directory someone else can write.
+    signed: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def model_bytes(self) -> bytes:
@@ -346,4 +349,5 @@ def _verify_in(
         manifest=manifest,
         metadata=metadata,
         files=files,
+        signed={MANIFEST_FILE: manifest_bytes, SIGNATURE_FILE: sig_bytes},
     )

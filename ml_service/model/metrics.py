@@ -21,6 +21,11 @@ INTEGRITY_FAILURES = Counter(
     "Model artifacts refused or found changed on disk, by reason",
     ["reason"],
 )
+IMPORTS = Counter(
+    "ml_model_imports",
+    "Versions looked at in the IDE's drop box, by result (imported, present, refused)",
+    ["result"],
+)
 FEATURE_DRIFT_PSI = Gauge(
     "ml_model_feature_drift_psi",
     "Population stability index of recent inputs against the training distribution",

@@ -260,6 +260,10 @@ class ModelRegistry:
         self._trusted = load_trusted_keys(self.trusted_keys_dir, self._trusted)
         return self._trusted
 
+    def trusted_keys(self) -> TrustedKeys:
+        """The trusted public keys as they are on disk now (re-read when they changed)."""
+        return self._trusted_keys()
+
     def _list_versions(self) -> list[str]:
         try:
             names = [p.name for p in self.name_dir.iterdir() if p.is_dir()]

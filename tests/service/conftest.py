@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,23 +53,31 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session")
-def deployment(
+def new_deployment(
     tmp_path_factory: pytest.TempPathFactory,
     redis_server: RedisServer,
     trained_models: Path,
     model_keys: SigningKeys,
-) -> Deployment:
-    d = make_deployment(
-        tmp_path_factory.mktemp("deployment"),
-        redis_server,
-        trained_models,
-        model_keys,
+) -> Callable[[str, dict[str, str]], Deployment]:
+    """Makes a deployment of its own: a copy of the trained models, the usual users, the shared
+    Redis (give it its own ML_SERVICE_KEY_PREFIX, so that it does not see the others' state)."""
+
+    def make(name: str, extra: dict[str, str]) -> Deployment:
+        root = tmp_path_factory.mktemp(name)
+        return make_deployment(root, redis_server, trained_models, model_keys, extra)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def deployment(new_deployment: Callable[[str, dict[str, str]], Deployment]) -> Deployment:
+    return new_deployment(
+        "deployment",
         {
             "ML_SERVICE_USER_RATE_LIMITS": limited_overrides(),
             "ML_SERVICE_LOGIN_MAX_FAILURES_PER_IP": "20",
         },
     )
-    return d
 
 
 @pytest.fixture(scope="session")

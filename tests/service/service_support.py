@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -322,3 +324,18 @@ def make_deployment(
     shutil.copy(_users_file_template(root.parent), d.users_file)
     d.users_file.chmod(0o600)
     return d
+
+
+# The type of conftest's new_deployment fixture: (name, extra environment) -> Deployment.
+NewDeployment = Callable[[str, dict[str, str]], Deployment]
+
+
+@contextmanager
+def running(deployment: Deployment, workers: int = 2, timeout: float = 90.0) -> Iterator[Server]:
+    """The API of ``deployment`` under uvicorn for the ``with`` block."""
+    server = Server(deployment, workers=workers)
+    server.start(timeout=timeout)
+    try:
+        yield server
+    finally:
+        server.stop()

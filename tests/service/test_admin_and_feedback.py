@@ -7,36 +7,19 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from service_support import ROW, RedisServer, Server, bearer, make_deployment
-from signed_models import SigningKeys
+from service_support import ROW, NewDeployment, Server, bearer, running
 from waiting import wait_until
 from workers import every_worker, fresh, until_every_worker, worker_of
 
 
 @pytest.fixture(scope="module")
-def admin_server(
-    tmp_path_factory: pytest.TempPathFactory,
-    redis_server: RedisServer,
-    trained_models: Path,
-    model_keys: SigningKeys,
-) -> Iterator[Server]:
-    # Same Redis as the shared server, another key prefix: the two do not see each other.
-    d = make_deployment(
-        tmp_path_factory.mktemp("admin"),
-        redis_server,
-        trained_models,
-        model_keys,
-        {"ML_SERVICE_KEY_PREFIX": "adm"},
-    )
-    server = Server(d, workers=2)
-    server.start()
-    yield server
-    server.stop()
+def admin_server(new_deployment: NewDeployment) -> Iterator[Server]:
+    with running(new_deployment("admin", {"ML_SERVICE_KEY_PREFIX": "adm"})) as server:
+        yield server
 
 
 def _predict(server: Server, token: str) -> httpx.Response:

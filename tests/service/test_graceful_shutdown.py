@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -149,3 +152,67 @@ def test_sigterm_under_load_completes_in_flight_requests(
 
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def test_a_request_sent_just_after_the_signal_on_an_accepted_connection_is_answered(
+    tmp_path: Path, redis_server: RedisServer, trained_models: Path, model_keys: SigningKeys
+) -> None:
+    """The client connected before the signal and its request arrives after it: the server
+    accepted the connection, so it answers (with Connection: close) instead of dropping it."""
+    d = make_deployment(
+        tmp_path / "d", redis_server, trained_models, model_keys, {"ML_SERVICE_KEY_PREFIX": "late"}
+    )
+    server = Server(d, workers=2)
+    server.start()
+    try:
+        token = server.token("paul-predictor")
+        body = json.dumps({"features": ROW}).encode()
+        request = (
+            f"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        # Several connections, so that each worker holds some of them (checked below).
+        conns = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(6)]
+
+        # Accepted: each of them is a file descriptor of a worker (not queued in the kernel).
+        def accepted() -> list[int | None] | None:
+            holders = _holders(server.port)
+            return holders if len(holders) == len(conns) and None not in holders else None
+
+        holders = wait_until(accepted, "the workers accepted every connection")
+        assert server.proc is not None and server.log_path is not None
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        # A worker logs this after it has shut down its connections, if it holds any.
+        wait_until(
+            lambda: (
+                server.log_path.read_text().count("Waiting for connections to close")  # type: ignore[union-attr]
+                == len(set(holders))
+            ),
+            "every worker holding a connection has shut it down",
+        )
+        answers = []
+        for c in conns:
+            c.settimeout(30)
+            c.sendall(request)
+            answers.append(b"".join(iter(lambda c=c: c.recv(65536), b"")))
+            c.close()
+        assert server.proc.wait(60) == 0, server.log_path.read_text()[-3000:]  # type: ignore[union-attr]
+    finally:
+        server.stop()
+    heads = [a.partition(b"\r\n\r\n")[0].decode().lower() for a in answers]
+    assert all(h.startswith("http/1.1 200") and "connection: close" in h for h in heads), heads
+    ids = {line.split(": ", 1)[1] for h in heads for line in h.split("\r\n")
+           if line.startswith("x-request-id: ")}  # fmt: skip
+    audited = {json.loads(x)["request_id"] for x in d.audit_log.read_text().splitlines()}
+    assert len(ids) == len(conns) and ids <= audited, (ids, audited)
+
+
+def _holders(port: int) -> list[int | None]:
+    """For each connection the server holds on the port, the pid of the process whose file it
+    is; None while the kernel still queues it for accept."""
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"sport = :{port}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    pids = [re.search(r"pid=(\d+)", line) for line in out.stdout.splitlines()]
+    return [int(m.group(1)) if m else None for m in pids]

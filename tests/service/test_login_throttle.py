@@ -14,12 +14,10 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from service_support import RedisServer, Server, bearer, make_deployment
-from signed_models import SigningKeys
+from service_support import NewDeployment, Server, bearer, running
 from waiting import wait_until
 
 PREFIX = "throttle"
@@ -33,17 +31,9 @@ USERS = ("xavier", "yolanda", "olga", "resetter", "pat")
 
 
 @pytest.fixture(scope="module")
-def throttle(
-    tmp_path_factory: pytest.TempPathFactory,
-    redis_server: RedisServer,
-    trained_models: Path,
-    model_keys: SigningKeys,
-) -> Iterator[Server]:
-    d = make_deployment(
-        tmp_path_factory.mktemp("throttle"),
-        redis_server,
-        trained_models,
-        model_keys,
+def throttle(new_deployment: NewDeployment) -> Iterator[Server]:
+    d = new_deployment(
+        "throttle",
         {
             "ML_SERVICE_KEY_PREFIX": PREFIX,
             "ML_SERVICE_LOGIN_NAME_DELAY_MAX_SECONDS": str(DELAY_MAX),
@@ -56,10 +46,8 @@ def throttle(
     )
     for name in USERS:
         d.add_user(name, "viewer", PASSWORD)
-    srv = Server(d, workers=2)
-    srv.start(timeout=90)
-    yield srv
-    srv.stop()
+    with running(d) as srv:
+        yield srv
 
 
 def login(

@@ -11,7 +11,6 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,13 +25,13 @@ from service_support import (
     LIMIT,
     LIMITED_PASSWORD,
     LIMITED_USERS,
+    NewDeployment,
     RedisServer,
     Server,
     free_port,
     limited_overrides,
-    make_deployment,
+    running,
 )
-from signed_models import SigningKeys
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -47,27 +46,17 @@ MAX_BATCH = 256
 
 
 @pytest.fixture(scope="module")
-def oip(
-    tmp_path_factory: pytest.TempPathFactory,
-    redis_server: RedisServer,
-    trained_models: Path,
-    model_keys: SigningKeys,
-) -> Iterator[Server]:
-    d = make_deployment(
-        tmp_path_factory.mktemp("oip"),
-        redis_server,
-        trained_models,
-        model_keys,
+def oip(new_deployment: NewDeployment) -> Iterator[Server]:
+    d = new_deployment(
+        "oip",
         {
             "ML_SERVICE_KEY_PREFIX": PREFIX,
             "ML_SERVICE_USER_RATE_LIMITS": limited_overrides(),
             "ML_SERVICE_GRPC_PORT": str(free_port()),
         },
     )
-    srv = Server(d, workers=2)
-    srv.start(timeout=120)  # a loaded 2-core machine starts two workers slowly
-    yield srv
-    srv.stop()
+    with running(d, timeout=120) as srv:  # a loaded 2-core machine starts two workers slowly
+        yield srv
 
 
 @pytest.fixture(scope="module")

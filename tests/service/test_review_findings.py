@@ -23,13 +23,12 @@ from argon2 import PasswordHasher, Type
 from service_support import (
     REPO,
     ROW,
-    RedisServer,
+    NewDeployment,
     Server,
     bearer,
-    make_deployment,
     run_cli,
+    running,
 )
-from signed_models import SigningKeys
 
 from ml_service.users import set_password
 
@@ -40,17 +39,9 @@ PER_PAIR = 5  # ML_SERVICE_LOGIN_MAX_FAILURES_PER_USER (default): per name from 
 
 
 @pytest.fixture(scope="module")
-def review(
-    tmp_path_factory: pytest.TempPathFactory,
-    redis_server: RedisServer,
-    trained_models: Path,
-    model_keys: SigningKeys,
-) -> Iterator[Server]:
-    d = make_deployment(
-        tmp_path_factory.mktemp("review"),
-        redis_server,
-        trained_models,
-        model_keys,
+def review(new_deployment: NewDeployment) -> Iterator[Server]:
+    d = new_deployment(
+        "review",
         {
             "ML_SERVICE_KEY_PREFIX": PREFIX,
             # One hash may wait behind each worker's 4 running ones: a full queue is reachable.
@@ -62,10 +53,8 @@ def review(
     )
     for name in ("burst-victim", "changer", "promoted"):
         d.add_user(name, "viewer", PASSWORD)
-    srv = Server(d, workers=2)
-    srv.start(timeout=90)
-    yield srv
-    srv.stop()
+    with running(d) as srv:
+        yield srv
 
 
 def scrape(server: Server) -> str:

@@ -11,7 +11,8 @@ from starlette.responses import Response
 from ...http_errors import ApiError
 from ...json_response import JsonResponse
 from ...model import ModelIntegrityError, NoModelError
-from ...schemas import ModelInfo, UserInfo, VersionList
+from ...model.dropbox import ImportResult, import_from_dropbox
+from ...schemas import ImportReport, ModelInfo, UserInfo, VersionList
 from ...services import Services, model_info_body
 from ..deps import ModelsAdmin, ServicesDep, UsersAdmin
 from ..openapi_errors import error_responses
@@ -96,6 +97,31 @@ async def rollback(request: Request, services: ServicesDep, principal: ModelsAdm
     services.publish_model()
     request.scope["ml"].model_version = model.version
     return JsonResponse(_model_info(services))
+
+
+@router.post(
+    "/admin/models/import",
+    response_model=ImportReport,
+    responses=error_responses(401, 403, 404, 429, 503),
+    summary="Verify the IDE's drop box and copy its signed versions into the registry",
+)
+async def import_versions(
+    request: Request, services: ServicesDep, principal: ModelsAdmin
+) -> Response:
+    dropbox = services.settings.dropbox_dir
+    if dropbox is None:
+        raise ApiError(404, "no drop box is configured (ML_SERVICE_DROPBOX_DIR)")
+    results = await anyio.to_thread.run_sync(import_from_dropbox, dropbox, services.registry)
+    request.scope["ml"].detail = _import_detail(results)
+    return JsonResponse(
+        {"name": services.settings.model_name, "results": [r.to_dict() for r in results]}
+    )
+
+
+def _import_detail(results: list[ImportResult]) -> str:
+    """The audit record's one line: what was imported, what was refused and why."""
+    parts = [f"{r.version} {r.status}" + (f" ({r.reason})" if r.reason else "") for r in results]
+    return ("import: " + (", ".join(parts) if parts else "nothing in the drop box"))[:1000]
 
 
 @router.get(
