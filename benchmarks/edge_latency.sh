@@ -6,9 +6,10 @@
 set -euo pipefail
 cd /
 uid=$(id -u appliance)
-gid=$(id -g appliance)
 U="runuser -u appliance -- env XDG_RUNTIME_DIR=/run/user/$uid"
-tmp=/var/tmp/edge-before; rm -rf $tmp; mkdir -p $tmp; chmod 755 $tmp
+# The copy runs as Traefik's own UID, as the real one does (podman_service_ids).
+cuid=$($U podman inspect --format '{{.Config.User}}' traefik); cuid=${cuid%%:*}
+tmp=/var/tmp/edge-before; rm -rf $tmp; mkdir -p $tmp; chmod 755 $tmp; chown appliance-traefik: $tmp
 # websecure binds :443 itself (no sockets passed); no ide/metrics entrypoints (their addresses
 # belong to the real Traefik).
 python3 - <<'PY'
@@ -20,11 +21,11 @@ PY
 chmod 644 $tmp/traefik.yml
 $U podman rm -f traefik-before >/dev/null 2>&1 || true
 $U podman run -d --name traefik-before --network edge-api -p 18443:443 \
-  --sysctl net.ipv4.ip_unprivileged_port_start=80 --read-only --user "$uid:$gid" --userns keep-id \
+  --sysctl net.ipv4.ip_unprivileged_port_start=80 --read-only --user "$cuid:$cuid" \
   -v $tmp/traefik.yml:/etc/traefik/traefik.yml:ro -v /etc/appliance/traefik/dynamic:/etc/traefik/dynamic:ro \
   -v /var/tmp/edge-before:/var/log/traefik:rw \
-  --secret "traefik-tls-key,type=mount,uid=${uid},gid=${gid},mode=0400" \
-  --secret "traefik-metrics-users,type=mount,uid=${uid},gid=${gid},mode=0400" localhost/appliance/traefik:local >/dev/null
+  --secret "traefik-tls-key,type=mount,uid=${cuid},gid=${cuid},mode=0400" \
+  --secret "traefik-metrics-users,type=mount,uid=${cuid},gid=${cuid},mode=0400" localhost/appliance/traefik:local >/dev/null
 sleep 6
 python3 - <<'PY'
 import socket, ssl, statistics, time, json

@@ -40,6 +40,10 @@ MAX_VERSIONS_PER_IMPORT = 32
 Status = Literal["imported", "present", "refused"]
 
 
+class DropboxUnreadable(OSError):
+    """The API may not list the drop box: its group or mode is not what the roles set."""
+
+
 @dataclass(frozen=True)
 class ImportResult:
     version: str
@@ -59,6 +63,10 @@ def import_from_dropbox(dropbox_dir: Path, registry: ModelRegistry) -> list[Impo
         entries = [e for e in os.listdir(source) if not e.startswith(".")]
     except (FileNotFoundError, NotADirectoryError):
         return []
+    except PermissionError as exc:
+        # The IDE owns the drop box; the API reads it through its group (roles/code_server).
+        problem = f"the API may not read {source.name}/ in the drop box"
+        raise DropboxUnreadable(exc.errno, problem) from None
     # Hidden entries are a training run's temp directories, still being written.
     valid = sorted(filter(is_valid_version, entries), key=version_sort_key, reverse=True)
     results = [

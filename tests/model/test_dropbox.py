@@ -3,6 +3,7 @@ bytes that were verified; everything else stays out and is named with its reason
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -12,7 +13,7 @@ from signed_models import SigningKeys, make_signed_model
 
 from ml_service.model import ModelRegistry
 from ml_service.model.artifact import write_artifact
-from ml_service.model.dropbox import import_from_dropbox
+from ml_service.model.dropbox import DropboxUnreadable, import_from_dropbox
 from ml_service.model.signing import load_private_key
 
 
@@ -144,3 +145,31 @@ def test_two_imports_at_once_copy_once(
         t.join()
     assert sorted(outcomes) == ["imported", "present"]
     assert _files(registry.name_dir / src.name) == _files(src)
+
+
+def test_a_dropbox_the_api_may_not_read_is_a_named_error(
+    dropbox: Path, registry: ModelRegistry
+) -> None:
+    """Wrong group or mode on the drop box: a clear error for the route, not a crash."""
+    (dropbox / "iris").chmod(0o000)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child is the API's unprivileged UID; root would read it anyway
+        os.close(read)
+        outcome = b"no error"
+        try:
+            if os.getuid() == 0:
+                os.setuid(65534)
+            import_from_dropbox(dropbox, registry)
+        except DropboxUnreadable as exc:
+            outcome = str(exc).encode()
+        except BaseException as exc:  # reported to the parent
+            outcome = repr(exc).encode()
+        os.write(write, outcome)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        outcome = pipe.read().decode()
+    os.waitpid(pid, 0)
+    (dropbox / "iris").chmod(0o755)
+    assert "the API may not read iris/ in the drop box" in outcome

@@ -216,8 +216,15 @@ def test_a_log_cut_after_its_last_anchor_is_reported(rotated: tuple[Path, Path])
     [
         ({"paths": ["relative/audit.log"]}, "absolute paths"),
         ({"max_size": "lots"}, "sizes like 100M"),
-        ({"owner": "no-such-account-here"}, "must be an existing account"),
-        ({"reopen_signal": {"container": "traefik", "signal": "KILL"}}, "reopen signal among"),
+        ({"owner": "no-such-account-here"}, "must be existing accounts"),
+        (
+            {"reopen_signal": {"user": getpass.getuser(), "container": "x", "signal": "KILL"}},
+            "reopen signal among",
+        ),
+        (
+            {"reopen_signal": {"user": "no-such-podman-user", "container": "x", "signal": "USR1"}},
+            "must be existing accounts",
+        ),
     ],
 )
 def test_bad_entries_stop_the_role_with_a_reason(

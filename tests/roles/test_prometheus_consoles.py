@@ -240,6 +240,7 @@ def test_the_role_installs_the_page_and_points_prometheus_at_it(tmp_path: Path, 
             "prometheus_alert_rules_file": str(REPO / "files/prometheus/alerts.yml"),
             "prometheus_console_file": str(CONSOLES / "ops.html"),
             "podman_service_image": "localhost/appliance/prometheus:local",
+            "podman_service_uid": 998,
             "podman_xdg_runtime_dir": "/run/user/1000",
         },
     )

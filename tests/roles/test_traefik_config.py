@@ -39,8 +39,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 PLAYBOOK = """
   vars:
     # facts the podman role's service entry point gives the unit template
-    podman_user_uid: "999"
-    podman_user_gid: "999"
+    podman_service_uid: "995"
     podman_service_image: localhost/appliance/traefik:local
     out: {out}
     variant: {{}}
@@ -295,10 +294,12 @@ def test_container_unit_is_locked_down(rendered: dict[str, Path]) -> None:
         "ReadOnly=true",
         "DropCapability=all",
         "NoNewPrivileges=true",
-        "UserNS=keep-id",
+        # its own UID, not the service account's (that is what keep-id would map in)
+        "User=995",
+        "Group=995",
         "LogDriver=journald",
         "Restart=always",
         "HealthCmd=/usr/local/bin/traefik healthcheck --ping",
     ):
         assert wanted in lines, f"{wanted} missing from traefik.container"
-    assert not any(line.startswith(("AddCapability", "Environment=")) for line in lines)
+    assert not any(line.startswith(("AddCapability", "Environment=", "UserNS=")) for line in lines)

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from ...http_errors import ApiError
 from ...json_response import JsonResponse
 from ...model import ModelIntegrityError, NoModelError
-from ...model.dropbox import ImportResult, import_from_dropbox
+from ...model.dropbox import DropboxUnreadable, ImportResult, import_from_dropbox
 from ...schemas import ImportReport, ModelInfo, UserInfo, VersionList
 from ...services import Services, model_info_body
 from ..deps import ModelsAdmin, ServicesDep, UsersAdmin
@@ -111,7 +111,11 @@ async def import_versions(
     dropbox = services.settings.dropbox_dir
     if dropbox is None:
         raise ApiError(404, "no drop box is configured (ML_SERVICE_DROPBOX_DIR)")
-    results = await anyio.to_thread.run_sync(import_from_dropbox, dropbox, services.registry)
+    try:
+        results = await anyio.to_thread.run_sync(import_from_dropbox, dropbox, services.registry)
+    except DropboxUnreadable as exc:
+        problem = f"{exc.strerror}: its owner, group or mode is not the roles' own"
+        raise ApiError(503, problem) from None
     request.scope["ml"].detail = _import_detail(results)
     return JsonResponse(
         {"name": services.settings.model_name, "results": [r.to_dict() for r in results]}

@@ -94,7 +94,7 @@ def test_access_log_records_the_api_status(host):
     """One JSON line per request in Traefik's access log, with the API's answer, no credentials."""
     status = _api_status(host, "/access-log-probe", "-H", "Authorization: Bearer probe-token")
     log = "/var/log/appliance/traefik/access.log"
-    assert host.file(log).user == "appliance"
+    assert host.file(log).user == "appliance-traefik"  # its own host account
     records = [json.loads(line) for line in host.check_output(f"tail -n 20 {log}").splitlines()]
     probe = [r for r in records if r.get("RequestPath") == "/access-log-probe"]
     assert probe, "the probe request is missing from the access log"

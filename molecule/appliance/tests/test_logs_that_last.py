@@ -50,7 +50,7 @@ def rotated(host):
 
 def test_rotation_keeps_every_writer_writing_and_the_chain_whole(host, rotated):
     assert host.file(rotated).exists and host.file(ACCESS + ".1").exists
-    assert host.file(AUDIT).user == "appliance" and host.file(AUDIT).mode == 0o640
+    assert host.file(AUDIT).user == "appliance-ml-api" and host.file(AUDIT).mode == 0o640
     verify = host.run("appliance-audit-verify")
     assert verify.rc == 0, verify.stdout + verify.stderr
     assert "anchors match" in verify.stdout

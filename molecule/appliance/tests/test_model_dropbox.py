@@ -85,11 +85,12 @@ def published(host):
     step would) in the drop box, plus two forgeries of it made from inside the IDE; all removed
     afterwards, from the drop box and the registry."""
     image = host.check_output(AS_SERVICE + "podman inspect --format '{{.ImageName}}' ml-api")
-    uid = host.check_output("id -u appliance").strip()
-    gid = host.check_output("id -g appliance").strip()
+    # Trained and signed as the IDE's own UID, into the drop box the IDE owns.
+    ide = host.check_output(AS_SERVICE + "podman inspect --format '{{.Config.User}}' code-server")
+    uid, _, gid = ide.strip().partition(":")
     before = set(host.check_output(f"ls {DROPBOX}/iris 2>/dev/null || true").split())
     train = (
-        f"podman run --rm --network=none --read-only --userns=keep-id --user={uid}:{gid} "
+        f"podman run --rm --network=none --read-only --user={uid}:{gid} "
         f"--volume={DROPBOX}:/out:rw "
         "--secret=ml-model-signing-bootstrap,type=mount,target=/run/secrets/signing.key,"
         f"uid={uid},gid={gid},mode=0400 --entrypoint=python {image} "

@@ -12,6 +12,8 @@ import shlex
 import pytest
 
 USER = "appliance"
+# The API's own host account (podman role: <podman_user>-<container>, podman_service_ids).
+API_ACCOUNT = f"{USER}-ml-api"
 SECRETS = "/etc/appliance/secrets"
 MODELS = "/srv/appliance/models/iris"
 AUDIT = "/var/log/appliance/ml-api/audit.log"
@@ -91,12 +93,13 @@ def test_container_confined(host):
         assert value not in env
 
 
-def test_no_api_process_runs_as_host_root(host):
+def test_api_processes_run_as_its_own_host_account(host):
+    """Not root, and not the service account (which is root of the containers' namespace)."""
     pids = as_user(host, "podman top ml-api hpid").stdout.split()[1:]
     assert pids
     for pid in pids:
         owner = host.check_output(f"stat -c %U /proc/{pid}")
-        assert owner == USER
+        assert owner == API_ACCOUNT
 
 
 def test_workers_serve_arrays_without_scikit_learn(host):
@@ -201,14 +204,16 @@ def test_metrics_need_the_scrape_token(host):
 def test_audit_log_chained_and_free_of_secrets(host):
     call(host, "/token", "POST", form={"username": "alice", "password": password(host, "alice")})
     log = host.file(AUDIT)
-    assert log.exists and log.user == USER
+    assert log.exists and log.user == API_ACCOUNT
     text = log.content_string
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert any(rec.get("action") for rec in lines)
     assert password(host, "alice") not in text
     verify = as_user(
         host,
-        "podman run --rm --network=none --read-only --userns=keep-id "
+        # as the API's UID in its container: only it (and root) may read the log directory
+        "podman run --rm --network=none --read-only "
+        "--user=$(podman inspect --format '{{.Config.User}}' ml-api) "
         "--volume=/var/log/appliance/ml-api:/logs:ro localhost/appliance/ml-api:local "
         # The whole series: on the appliance, the log-rotation tests may have rotated it first.
         "audit verify --rotated /logs/audit.log",

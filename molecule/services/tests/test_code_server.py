@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 SERVICE_USER = "appliance"
+# The IDE's own host account and its UID in the container (podman_service_ids): not the
+# service account's, nor any other service's.
+IDE_ACCOUNT = f"{SERVICE_USER}-code-server"
 PASSWORD_FILE = "/etc/appliance/secrets/code-server-password"
 HASH_FILE = "/etc/appliance/secrets/code-server-password.argon2"
 WORKSPACE = "/srv/appliance/workspace"
@@ -114,19 +117,22 @@ def test_ml_libraries_match_the_workspace_pins(host):
     assert out.split() == [pins["scikit-learn"], pins["numpy"], pins["joblib"]]
 
 
-def test_runs_as_the_service_account_not_root(host):
-    uid = host.user(SERVICE_USER).uid
-    inside = podman(host, "exec", "code-server", "id", "-u")
-    assert inside.strip() == str(uid)
+def test_runs_as_its_own_account_not_root_nor_the_service_account(host):
+    inside = podman(host, "inspect", "--format", "'{{.Config.User}}'", "code-server").strip()
+    uid, _, gid = inside.partition(":")
+    assert podman(host, "exec", "code-server", "id", "-u").strip() == uid != "0"
+    assert gid == uid
     pid = podman(host, "inspect", "--format", "'{{.State.Pid}}'", "code-server").strip()
-    assert host.check_output(f"ps -o uid= -p {pid}").strip() == str(uid)
+    host_uid = host.check_output(f"ps -o uid= -p {pid}").strip()
+    assert host_uid == str(host.user(IDE_ACCOUNT).uid)
+    assert host_uid not in {"0", str(host.user(SERVICE_USER).uid)}
 
 
-def test_workspace_is_mounted_writable_for_the_service_account(host):
+def test_workspace_is_mounted_writable_for_the_ide(host):
     podman(host, "exec", "code-server", "touch", "/home/coder/workspace/.mount-probe")
     with host.sudo():
         probe = host.file(f"{WORKSPACE}/.mount-probe")
-        assert probe.exists and probe.user == SERVICE_USER
+        assert probe.exists and probe.user == IDE_ACCOUNT
         host.run(f"rm -f {WORKSPACE}/.mount-probe")
 
 

@@ -21,6 +21,8 @@ import pytest
 from cryptography import x509
 
 SERVICE_USER = "appliance"
+# Traefik's own host account (podman_service_ids), the only writer of its logs.
+TRAEFIK_ACCOUNT = f"{SERVICE_USER}-traefik"
 HOSTS = ("api.localhost", "dev.localhost", "metrics.localhost")
 CA_PUBLIC = "/etc/appliance/ca.crt"
 RENEW_CONFIG = "/etc/appliance/cert-renew.json"
@@ -300,7 +302,7 @@ def test_access_log_lines_are_json(host, address, ca_file):
     )
     with host.sudo():
         log = host.file(ACCESS_LOG)
-        assert log.user == SERVICE_USER
+        assert log.user == TRAEFIK_ACCOUNT
         lines = host.check_output(f"tail -n 20 {ACCESS_LOG}").splitlines()
     records = [json.loads(line) for line in lines]
     probe = [r for r in records if r.get("RequestPath") == "/access-log-probe"]
