@@ -209,11 +209,12 @@ def test_audit_log_chained_and_free_of_secrets(host):
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert any(rec.get("action") for rec in lines)
     assert password(host, "alice") not in text
+    # As the API's UID in its container: only it (and root) may read the log directory.
+    api_user = as_user(host, "podman inspect --format '{{.Config.User}}' ml-api").stdout.strip()
+    assert api_user and not api_user.startswith("0"), api_user
     verify = as_user(
         host,
-        # as the API's UID in its container: only it (and root) may read the log directory
-        "podman run --rm --network=none --read-only "
-        "--user=$(podman inspect --format '{{.Config.User}}' ml-api) "
+        f"podman run --rm --network=none --read-only --user={api_user} "
         "--volume=/var/log/appliance/ml-api:/logs:ro localhost/appliance/ml-api:local "
         # The whole series: on the appliance, the log-rotation tests may have rotated it first.
         "audit verify --rotated /logs/audit.log",
