@@ -19,13 +19,16 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from . import metrics
+from .resp_pipe import PipedScript, RespPipe
 from .settings import Limit, Settings
 
 log = logging.getLogger("ml_service.redis")
@@ -294,13 +297,14 @@ class RedisState:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         timeout = settings.redis_timeout_seconds
+        password = settings.redis_password
         # A bounded pool: a burst of requests shares a few connections instead of opening
         # (and authenticating) one each; waiting for a free one is bounded by the timeout.
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url,
             max_connections=_POOL_SIZE,
             timeout=timeout,
-            password=settings.redis_password,
+            password=password,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=0,
@@ -317,13 +321,22 @@ class RedisState:
         self._fail_name = f"{p}:loginfail:name:"
         self._good = f"{p}:loginfail:good:"
         self._pred = f"{p}:pred:"
-        self._authorize = self.client.register_script(_AUTHORIZE_LUA)
+        self._authorize: Callable[..., Awaitable[Any]]
+        self._remember_script: Callable[..., Awaitable[Any]]
+        try:
+            # The calls every request makes: on a connection of their own (resp_pipe.py).
+            self._pipe: RespPipe | None = RespPipe(settings.redis_url, password, timeout)
+            self._authorize = PipedScript(self._pipe, _AUTHORIZE_LUA)
+            self._remember_script = PipedScript(self._pipe, _REMEMBER_LUA)
+        except ValueError:  # a URL only redis-py understands (TLS, a Unix socket)
+            self._pipe = None
+            self._authorize = self.client.register_script(_AUTHORIZE_LUA)
+            self._remember_script = self.client.register_script(_REMEMBER_LUA)
         self._login_reserve = self.client.register_script(_LOGIN_RESERVE_LUA)
         self._login_refund = self.client.register_script(_LOGIN_REFUND_LUA)
         self._login_release = self.client.register_script(_LOGIN_RELEASE_LUA)
         self._revoke = self.client.register_script(_REVOKE_LUA)
         self._feedback = self.client.register_script(_FEEDBACK_LUA)
-        self._remember_script = self.client.register_script(_REMEMBER_LUA)
         self.up = False
         self.local_limiter = LocalLimiter()
         self.local_revoked: dict[str, float] = {}
@@ -383,6 +396,8 @@ class RedisState:
             raise RedisUnavailable from exc
 
     async def close(self) -> None:
+        if self._pipe is not None:
+            await self._pipe.close()
         await self.client.aclose()
 
     # ----- requests -----
