@@ -364,6 +364,8 @@ class RedisState:
     async def probe(self) -> bool:
         try:
             await _once_more_on_a_new_connection(self.client.ping)
+            if self._pipe is not None:  # the requests' connection too (opened here at start)
+                await _once_more_on_a_new_connection(lambda: self._pipe.call("PING"))
             await self._sync_revoked()
         except (TimeoutError, RedisError, OSError) as exc:
             self._mark_down(exc)
