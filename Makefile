@@ -23,7 +23,7 @@ SCENARIOS = host_security appliance
 PLAYBOOKS = $(strip $(wildcard site.yml) $(wildcard playbooks/*.yml))
 PY_DIRS = $(wildcard ml_service workspace tests molecule scripts benchmarks)
 
-.PHONY: task-repeats help deps apt-packages venv grpc-stubs bench test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up check-up down
+.PHONY: task-repeats help deps apt-packages venv grpc-stubs bench test lint yamllint ansible-lint ruff shellcheck syntax unit molecule scenario base-image clean-machines up check-up down bench-edge
 
 help:
 	@echo "make test            deps + lint + unit + molecule (everything CI runs; as root)"
@@ -36,6 +36,7 @@ help:
 	@echo "make docs            regenerate docs/variables.md and the alert table of docs/alerting.md"
 	@echo "make unit            pytest tests/"
 	@echo "make bench           serving benchmark: the API next to the bare stack (a few minutes, wrk)"
+	@echo "make bench-edge      the API through Traefik and TLS on the make up machine (MACHINE=...)"
 	@echo "make molecule        the scenarios CI runs: $(SCENARIOS)"
 	@echo "make scenario S=NAME one scenario (molecule test -s NAME), one of: $(sort $(ALL_SCENARIOS))"
 	@echo "make base-image      rebuild the cached Debian 13 root filesystem"
@@ -78,6 +79,12 @@ grpc-stubs:
 # 60 s run at c=32 whose slowest request is reported.
 bench: deps
 	python benchmarks/service/bench_serving.py $(BENCH_ARGS)
+
+# The same through Traefik with TLS on the running appliance of `make up` (root; MACHINE= names
+# another test machine): POST /predict and the OIP infer route at c=32, CPU per request of
+# Traefik, the API and Redis from their cgroups.
+bench-edge: deps
+	python benchmarks/service/bench_edge.py --machine $(or $(MACHINE),mol-appliance) $(BENCH_ARGS)
 
 # Every step runs even when an earlier one fails (one run shows every failure); the time and
 # result of each are printed at the end. Only missing dependencies stop it before the tests.

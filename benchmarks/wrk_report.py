@@ -33,6 +33,11 @@ def run_wrk(
     if cpus is not None:
         cmd = ["taskset", "-c", cpus, *cmd]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out, duration)
+
+
+def parse_wrk(out: str, duration: int | float) -> dict[str, float]:
+    """The figures of one ``wrk --latency`` report (``duration``: for a report without a count)."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]

@@ -8,6 +8,7 @@
 #   nspawn-machine.sh status NAME     "running" or "absent" (exit 1 when absent)
 #   nspawn-machine.sh shell NAME [CMD...]   root shell inside, via nsenter
 #   nspawn-machine.sh ssh NAME [CMD...]     SSH as the molecule user
+#   nspawn-machine.sh leader NAME     PID of its init (for nsenter -t PID -n: its network)
 set -euo pipefail
 # shellcheck source=scripts/nspawn-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/nspawn-lib.sh"
@@ -16,7 +17,7 @@ SSH_OPTS=(-o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/de
   -o LogLevel=ERROR -o IdentitiesOnly=yes -o ConnectTimeout=3)
 BOOT_TIMEOUT=${APPLIANCE_BOOT_TIMEOUT:-120}
 
-usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 validate_name() {
   [[ $1 =~ ^[a-z0-9][a-z0-9-]{0,39}$ ]] || die "machine name '$1' must match [a-z0-9][a-z0-9-]*"
@@ -252,6 +253,13 @@ cmd_shell() {
   exec nsenter -t "$leader" -a /bin/bash -l
 }
 
+cmd_leader() {
+  local leader
+  leader=$(machine_leader "$1")
+  [[ -n $leader ]] || die "$1 is not running"
+  printf '%s\n' "$leader"
+}
+
 cmd_ssh() {
   local name=$1; shift
   exec ssh "${SSH_OPTS[@]}" -i "$APPLIANCE_SSH_KEY" "molecule@$(machine_ip "$name")" "$@"
@@ -265,5 +273,6 @@ case $action in
   status) cmd_status "$1" ;;
   shell) cmd_shell "$@" ;;
   ssh) cmd_ssh "$@" ;;
+  leader) cmd_leader "$1" ;;
   *) usage ;;
 esac

@@ -21,6 +21,7 @@ same-run ratios. Each run is saved as JSON under ``artifacts/bench/`` and compar
 previous one.
 
     .venv/bin/python benchmarks/service/bench_serving.py [--duration 5] [--rounds 3] [--soak 60]
+        [--against REV]   # and the service of git revision REV, interleaved: a change in one run
 """
 
 from __future__ import annotations
@@ -89,6 +90,18 @@ def reference_python() -> Path:
         )
         marker.write_text("\n".join(REFERENCE_PINS) + "\n")
     return python
+
+
+def source_of(rev: str, root: Path) -> Path:
+    """The ``ml_service`` package of git revision ``rev``, exported under ``root``."""
+    target = root / "against"
+    target.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", rev, "ml_service"],
+        cwd=REPO, capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
 
 
 def versions(python: Path | str) -> dict[str, str]:
@@ -281,6 +294,12 @@ def print_report(report: dict[str, Any]) -> None:
         f"  (same stack's bare endpoint, c=32: "
         f"{report['figures']['same_stack_c32_ratio']:.2f} x reference)"
     )
+    if "against" in report:
+        f = report["figures"]
+        print(
+            f"\nthis tree against {report['against']} in the same run: c=1 "
+            f"{f['against_c1_ratio']:.2f} x, c=32 {f['against_c32_ratio']:.2f} x"
+        )
 
 
 def compare_with_previous(report: dict[str, Any], previous: Path | None) -> None:
@@ -307,6 +326,11 @@ def main() -> int:
         "--soak", type=int, default=0, help="then the project alone at c=32 for this long"
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="also the service of this git revision, interleaved (a change measured in one run)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None or shutil.which("redis-server") is None:
         print("needs the Debian packages wrk and redis-server", file=sys.stderr)
@@ -341,6 +365,11 @@ def main() -> int:
         project = Server(d, workers=1)
         project.start()
         stoppers.append(project.stop)
+        earlier, name = None, ""
+        if args.against:
+            earlier = Server(d, workers=1, source=source_of(args.against, root))
+            earlier.start()
+            stoppers.append(earlier.stop)
         bare_ref, bare_same = BareServer(ref_python, root), BareServer(sys.executable, root)
         for bare in (bare_ref, bare_same):
             bare.start()
@@ -360,6 +389,10 @@ def main() -> int:
             Target("project", project.url, pid_of(project), workers_of(project), redis_pid),
             Target("project 2 workers", two.url, pid_of(two), workers_of(two), redis_pid, (32,)),
         ]
+        if earlier is not None:
+            name = f"project at {args.against}"
+            pids = pid_of(earlier), workers_of(earlier)
+            targets.append(Target(name, earlier.url, *pids, redis_pid))
         for t in targets:  # warm-up: first requests, caches, lazy imports
             r = httpx.post(t.url + "/predict", content=BODY,
                            headers={"Authorization": f"Bearer {token}",
@@ -393,6 +426,13 @@ def main() -> int:
             },
         }
         report["figures"] = figures(report["results"])
+        if earlier is not None:
+            report["against"] = args.against
+            for c in CONCURRENCIES:
+                report["figures"][f"against_c{c}_ratio"] = (
+                    report["results"]["project"]["summary"][str(c)]["rps"]["median"]
+                    / report["results"][name]["summary"][str(c)]["rps"]["median"]
+                )
         if args.soak:
             soak = measure(targets[2], script, 32, args.soak)
             report["soak"] = {"duration_s": args.soak, **soak}

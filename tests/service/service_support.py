@@ -180,6 +180,9 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     worker_ids: set[str] = field(default_factory=set)
+    # The tree whose ml_service runs (``python -m`` imports from its working directory): the
+    # serving benchmark's --against runs an earlier revision's next to this one.
+    source: Path = REPO
 
     @property
     def url(self) -> str:
@@ -199,7 +202,7 @@ class Server:
         self.proc = subprocess.Popen(
             [python(), "-m", "ml_service", "serve"],
             env=env,
-            cwd=REPO,
+            cwd=self.source,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
