@@ -25,6 +25,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _mp
 
+from . import metric_values  # noqa: F401  (before any metric is defined)
+
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 REQUESTS = Counter(

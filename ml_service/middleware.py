@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +107,7 @@ class ServiceMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = uuid.uuid4().hex
+        request_id = os.urandom(16).hex()  # 128 random bits, the 32 hex digits /feedback takes
         token = request_id_var.set(request_id)
         info = RequestInfo(request_id)
         scope["ml"] = info

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from .. import metric_values  # noqa: F401  (before any metric is defined)
+
 INTEGRITY_FAILURES = Counter(
     "ml_model_integrity_failures",
     "Model artifacts refused or found changed on disk, by reason",
