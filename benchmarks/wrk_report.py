@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -13,6 +14,18 @@ def _ms(value: str) -> float:
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
     assert m, value
     return float(m.group(1)) * _UNIT_MS[m.group(2)]
+
+
+def post_script(path: Path, body: str, token: str) -> Path:
+    """A wrk Lua script (wrk.method, wrk.body, wrk.headers): POST ``body`` as JSON with the
+    bearer ``token``."""
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(body)}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+    )
+    return path
 
 
 def run_wrk(

@@ -35,12 +35,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from wrk_report import parse_wrk  # noqa: E402
+from wrk_report import parse_wrk, post_script  # noqa: E402
 
 MACHINE_SCRIPT = REPO / "scripts" / "nspawn-machine.sh"
 RESULTS_DIR = REPO / "artifacts" / "bench"
@@ -133,16 +132,6 @@ class Appliance:
         self.m.sh(f"{self.user_systemd} daemon-reload && {self.user_systemd} restart ml-api")
 
 
-def lua(path: Path, route: str, body: dict[str, Any], token: str) -> Path:
-    path.write_text(
-        'wrk.method = "POST"\n'
-        f"wrk.body = {json.dumps(json.dumps(body))}\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {token}"\n'
-    )
-    return path
-
-
 def token(machine: Machine, hosts: Path, ca: Path, password: str) -> str:
     out = machine.in_network(
         [
@@ -185,8 +174,8 @@ def main() -> int:
         appliance.raise_limit(USER)
         bearer = token(machine, hosts, ca, password)
         scripts = {
-            name: lua(work / f"{i}.lua", route, body, bearer)
-            for i, (name, (route, body)) in enumerate(ROUTES.items())
+            name: post_script(work / f"{i}.lua", json.dumps(body), bearer)
+            for i, (name, (_, body)) in enumerate(ROUTES.items())
         }
         for name, (route, _) in ROUTES.items():  # warm-up
             machine.in_network(

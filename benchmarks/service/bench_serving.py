@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from service_support import Deployment, RedisServer, Server, free_port, wait_port  # noqa: E402
 from signed_models import make_keys, make_signed_model  # noqa: E402
-from wrk_report import run_wrk  # noqa: E402
+from wrk_report import post_script, run_wrk  # noqa: E402
 
 from ml_service.settings import Settings  # noqa: E402
 
@@ -201,17 +201,6 @@ class BareServer:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout=15)
-
-
-def wrk_script(path: Path, token: str) -> Path:
-    """POST /predict with the bearer token (wrk's Lua API: wrk.method, wrk.body, wrk.headers)."""
-    path.write_text(
-        'wrk.method = "POST"\n'
-        f"wrk.body = {json.dumps(BODY)}\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {token}"\n'
-    )
-    return path
 
 
 def measure(target: Target, script: Path, connections: int, seconds: float) -> dict[str, float]:
@@ -381,7 +370,7 @@ def main() -> int:
         os.sched_setaffinity(0, {int(LOAD_CPU)})
 
         token = project.token(BENCH_USER, BENCH_PASSWORD)
-        script = wrk_script(root / "predict.lua", token)
+        script = post_script(root / "predict.lua", BODY, token)
         redis_pid = redis.proc.pid if redis.proc is not None else None
         targets = [
             Target("reference", bare_ref.url, bare_ref.pid, [bare_ref.pid]),
